@@ -1,0 +1,197 @@
+"""The Bitrix24 REST client: owns the webhook URL, the HTTP client, the rate limiter and the
+parsing of answers into results or classified errors. It never retries: the worker decides.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+from aiolimiter import AsyncLimiter
+
+from app.bitrix.errors import (
+    BitrixError,
+    OutcomeUnknown,
+    PortalMoved,
+    Unreachable,
+    classify,
+)
+
+MAX_BATCH_COMMANDS = 50
+EXCERPT_CHARS = 300
+USER_AGENT = "b24-form-gateway/0.1"
+
+JSONValue = object
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a batch produced: results and classified errors by command key.
+
+    A command in neither map was not executed (a `halt=1` batch stopped before it).
+    """
+
+    results: dict[str, JSONValue] = field(default_factory=dict)
+    errors: dict[str, BitrixError] = field(default_factory=dict)
+
+
+def _as_map(value: object) -> dict[str, object]:
+    """PHP serialises an empty map as [] and a 0..n-1 keyed map as a list (§5.3)."""
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    if isinstance(value, list):
+        return {str(i): v for i, v in enumerate(value)}
+    return {}
+
+
+class BitrixClient:
+    """Calls one portal through its incoming webhook.
+
+    `transport` lets sandbox mode route calls to the in-process emulator (httpx.ASGITransport).
+    """
+
+    def __init__(
+        self,
+        webhook_url: str,
+        *,
+        timeout_seconds: float = 65.0,
+        connect_timeout_seconds: float = 10.0,
+        rate_per_second: float = 2.0,
+        burst: int = 50,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._base = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds, connect=connect_timeout_seconds),
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            # Never follow: a redirected POST loses its body; it means a moved portal (§1.4).
+            follow_redirects=False,
+            transport=transport,
+        )
+        # The portal's own leaky bucket (§4.1): `burst` at once, then `rate_per_second`.
+        self._limiter = AsyncLimiter(max_rate=burst, time_period=burst / rate_per_second)
+        self._operating_reset_at: dict[str, float] = {}
+        self.last_success_at: float | None = None
+        self.last_failure_at: float | None = None
+        self.last_error_code: str | None = None
+        self.requests_sent = 0
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(self, method: str, params: Mapping[str, object] | None = None) -> JSONValue:
+        """One REST method; returns its `result`, raises a BitrixError subclass otherwise."""
+        body = await self._post(method, dict(params or {}))
+        return body.get("result")
+
+    async def batch(self, commands: Mapping[str, str], *, halt: bool) -> BatchResult:
+        """Run up to 50 commands in one request (§5); per-command errors are classified alone."""
+        if not commands:
+            return BatchResult()
+        if len(commands) > MAX_BATCH_COMMANDS:
+            raise ValueError(f"a batch takes at most {MAX_BATCH_COMMANDS} commands")
+        body = await self._post("batch", {"halt": 1 if halt else 0, "cmd": dict(commands)})
+        outer = body.get("result")
+        outer_map = _as_map(outer)
+        results = _as_map(outer_map.get("result"))
+        raw_errors = _as_map(outer_map.get("result_error"))
+        times = _as_map(outer_map.get("result_time"))
+        out = BatchResult(results={k: v for k, v in results.items() if k in commands})
+        for key, raw in raw_errors.items():
+            method = commands.get(key, "").split("?", 1)[0] or None
+            error = raw if isinstance(raw, dict) else {}
+            reset = self._operating_reset_at.get(method or "")
+            out.errors[key] = classify(
+                _code(error.get("error")),
+                str(error.get("error_description") or "batch command failed"),
+                http_status=None,
+                excerpt=_excerpt(json.dumps(error, ensure_ascii=False)),
+                method=method,
+                reset_at=reset,
+            )
+        for key, item in times.items():
+            method = commands.get(key, "").split("?", 1)[0]
+            reset_at = _as_map(item).get("operating_reset_at")
+            if method and isinstance(reset_at, int | float):
+                self._operating_reset_at[method] = float(reset_at)
+        return out
+
+    async def _post(self, method: str, payload: dict[str, object]) -> dict[str, object]:
+        async with self._limiter:
+            self.requests_sent += 1
+            try:
+                response = await self._http.post(self._base + method, json=payload)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                error: BitrixError = Unreachable(
+                    f"cannot connect to the portal ({type(exc).__name__})", method=method
+                )
+                raise self._failed(error) from None
+            except httpx.HTTPError as exc:
+                # Sent, but no complete answer: the portal may have run it (§3).
+                error = OutcomeUnknown(
+                    f"no complete answer from the portal ({type(exc).__name__})", method=method
+                )
+                raise self._failed(error) from None
+        return self._parse(method, response)
+
+    def _parse(self, method: str, response: httpx.Response) -> dict[str, object]:
+        status = response.status_code
+        if 300 <= status < 400:
+            # The Location holds the webhook path (a secret): report the move, never the URL.
+            raise self._failed(
+                PortalMoved(
+                    "the portal redirects: it was renamed; update B24_WEBHOOK_URL",
+                    code="PORTAL_MOVED",
+                    http_status=status,
+                    method=method,
+                )
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            # Proxies and overload answer with HTML (§2.3): treat as transport trouble.
+            error = classify(
+                None,
+                f"non-JSON answer (HTTP {status})",
+                http_status=status if status != 200 else 502,
+                excerpt=_excerpt(response.text),
+                method=method,
+            )
+            raise self._failed(error)
+        if status != 200 or "error" in body:
+            raise self._failed(
+                classify(
+                    _code(body.get("error")),
+                    str(body.get("error_description") or f"HTTP {status}"),
+                    http_status=status,
+                    excerpt=_excerpt(response.text),
+                    method=method,
+                    reset_at=self._operating_reset_at.get(method),
+                )
+            )
+        time_info = _as_map(body.get("time"))
+        reset_at = time_info.get("operating_reset_at")
+        if isinstance(reset_at, int | float):
+            self._operating_reset_at[method] = float(reset_at)
+        self.last_success_at = time.time()
+        return body
+
+    def _failed(self, error: BitrixError) -> BitrixError:
+        self.last_failure_at = time.time()
+        self.last_error_code = error.label
+        return error
+
+
+def _code(value: object) -> str | None:
+    if value is None:
+        return None
+    return str(value)
+
+
+def _excerpt(text: str) -> str:
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"

@@ -1,0 +1,280 @@
+"""Form declarations (the TOML forms file, or the built-in `contact` form) and the field mapping.
+
+Owns: which forms exist, what each requires, and how a submission's fields become Bitrix24 CRM
+field values. Pure apart from reading the forms file once at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+FORM_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BITRIX_FIELD_RE = re.compile(r"^(?:[A-Z][A-Z0-9_]*|UF_CRM_[A-Za-z0-9_]+)$")
+# Fields the gateway itself owns on every record; a form may not set them.
+RESERVED_FIELDS = frozenset({"ORIGINATOR_ID", "ORIGIN_ID", "TRACE", "ID"})
+
+UTM_FIELDS = {
+    "utm_source": "UTM_SOURCE",
+    "utm_medium": "UTM_MEDIUM",
+    "utm_campaign": "UTM_CAMPAIGN",
+    "utm_content": "UTM_CONTENT",
+    "utm_term": "UTM_TERM",
+}
+# Standard names understood on every form (DESIGN.md "Forms file") and their lead field.
+PERSON_FIELDS = {"name": "NAME", "last_name": "LAST_NAME", "second_name": "SECOND_NAME"}
+STANDARD_FIELDS = frozenset(
+    {*PERSON_FIELDS, "phone", "email", "message", "company", "title", *UTM_FIELDS, "trace"}
+)
+# Fields that steer the gateway and are never written to the CRM.
+CONTROL_FIELDS = frozenset({"trace", "submission_id"})
+DEFAULT_TITLE = "Website request: {form}"
+DEFAULT_REQUIRED = ("phone|email",)
+
+Scalar = str | int | float | bool
+FieldValue = Scalar | list[Scalar] | list[dict[str, str]]
+CrmFields = dict[str, FieldValue]
+
+
+class Entity(StrEnum):
+    """The CRM record a form creates."""
+
+    LEAD = "lead"
+    """A lead, with the trace in TRACE of crm.lead.add."""
+    DEAL = "deal"
+    """A deal with its contact (and company), one trace linked to all of them."""
+    CONTACT = "contact"
+    """A contact only (subscription forms)."""
+    QUOTE = "quote"
+    """A quote (estimate)."""
+
+
+SUPPORTED_ENTITIES = frozenset({Entity.LEAD})
+
+
+class FormsError(Exception):
+    """The forms file cannot be used; the message names the file, the form and the key."""
+
+
+class _FormModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entity: Entity = Entity.LEAD
+    redirect_url: str | None = None
+    title: str = DEFAULT_TITLE
+    required: tuple[str, ...] = DEFAULT_REQUIRED
+    honeypot: str | None = None
+    contact: Literal["find_or_create", "always_create", "none"] = "find_or_create"
+    company: Literal["create_if_named", "find_or_create", "none"] = "create_if_named"
+    defaults: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    fields: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("redirect_url")
+    @classmethod
+    def _check_redirect(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an absolute http(s) URL")
+        return value
+
+    @field_validator("title")
+    @classmethod
+    def _check_title(cls, value: str) -> str:
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template ({exc})") from None
+        for _, name, spec, conversion in parsed:
+            if name is None:
+                continue
+            if not name.isidentifier() or spec or conversion:
+                raise ValueError(f"may only name fields like {{name}}, not {{{name}}}")
+        return value
+
+    @field_validator("required")
+    @classmethod
+    def _check_required(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for group in value:
+            names = group.split("|")
+            if not all(n and re.match(r"^[A-Za-z0-9_.-]+$", n) for n in names):
+                raise ValueError(f"{group!r} is not a field name or a|b alternatives")
+        return value
+
+    @field_validator("entity")
+    @classmethod
+    def _check_entity(cls, value: Entity) -> Entity:
+        if value not in SUPPORTED_ENTITIES:
+            raise ValueError(f'{value.value!r} forms are not supported yet; use "lead"')
+        return value
+
+    @field_validator("defaults")
+    @classmethod
+    def _check_defaults(cls, value: dict[str, Scalar | list[Scalar]]) -> dict[str, object]:
+        for key in value:
+            _check_bitrix_field(key)
+        return dict(value)
+
+    @field_validator("fields")
+    @classmethod
+    def _check_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        for source, target in value.items():
+            if not re.match(r"^[A-Za-z0-9_.-]+$", source):
+                raise ValueError(f"{source!r} is not a form field name")
+            if source in CONTROL_FIELDS:
+                raise ValueError(f"{source!r} is handled by the gateway and cannot be mapped")
+            _check_bitrix_field(target)
+        return value
+
+
+def _check_bitrix_field(name: str) -> None:
+    if not BITRIX_FIELD_RE.match(name):
+        raise ValueError(f"{name!r} is not a Bitrix24 field code (like TITLE or UF_CRM_CITY)")
+    if name in RESERVED_FIELDS:
+        raise ValueError(f"{name!r} is set by the gateway itself")
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    """One declared form: what it creates, what it requires, how its fields map."""
+
+    id: str
+    entity: Entity = Entity.LEAD
+    redirect_url: str | None = None
+    title: str = DEFAULT_TITLE
+    required: tuple[str, ...] = DEFAULT_REQUIRED
+    honeypot: str | None = None
+    contact: str = "find_or_create"
+    company: str = "create_if_named"
+    defaults: Mapping[str, Scalar | list[Scalar]] = field(default_factory=dict)
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+BUILTIN_FORMS: dict[str, Form] = {"contact": Form(id="contact")}
+
+
+def load_forms(path: Path | None) -> dict[str, Form]:
+    """The forms the gateway serves: those of the file, or the built-in `contact` form."""
+    if path is None:
+        return dict(BUILTIN_FORMS)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FormsError(f"{path}: cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FormsError(f"{path}: not valid TOML: {exc}") from None
+    unknown = set(data) - {"forms"}
+    if unknown:
+        first_unknown = sorted(unknown)[0]
+        raise FormsError(f"{path}: unknown top-level key {first_unknown!r}; use [forms.<id>]")
+    declared = data.get("forms")
+    if not isinstance(declared, dict) or not declared:
+        raise FormsError(f"{path}: declares no forms; add a [forms.<id>] table")
+    forms: dict[str, Form] = {}
+    for form_id, table in declared.items():
+        where = f"{path}: [forms.{form_id}]"
+        if not FORM_ID_RE.match(form_id):
+            raise FormsError(f"{where}: the form id may use letters, digits, _ and - (1-64)")
+        if not isinstance(table, dict):
+            raise FormsError(f"{where}: must be a table")
+        try:
+            model = _FormModel.model_validate(table)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            key = ".".join(str(p) for p in err["loc"]) or "?"
+            message = err["msg"].removeprefix("Value error, ")
+            raise FormsError(f"{where} {key}: {message}") from None
+        forms[form_id] = Form(id=form_id, **model.model_dump())
+    return forms
+
+
+# --------------------------------------------------------------------------- the mapping
+
+Values = Mapping[str, Sequence[str]]
+
+
+def first(values: Values, name: str) -> str:
+    """The first non-empty value of a field, stripped, or ''."""
+    for value in values.get(name, ()):
+        if value.strip():
+            return value.strip()
+    return ""
+
+
+def non_empty(values: Values, name: str) -> list[str]:
+    return [v.strip() for v in values.get(name, ()) if v.strip()]
+
+
+def missing_required(form: Form, values: Values) -> dict[str, str]:
+    """Field errors for required fields (or groups `a|b`) that have no value."""
+    errors: dict[str, str] = {}
+    for group in form.required:
+        names = group.split("|")
+        if not any(first(values, n) for n in names):
+            if len(names) == 1:
+                errors[group] = "this field is required"
+            else:
+                errors[group] = "one of " + ", ".join(names) + " is required"
+    return errors
+
+
+def render_title(form: Form, values: Values) -> str:
+    class _Fields(dict[str, str]):
+        def __missing__(self, key: str) -> str:
+            return first(values, key)
+
+    return form.title.format_map(_Fields(form=form.id)).strip() or f"Website request: {form.id}"
+
+
+def map_lead(form: Form, values: Values, *, trace_utm: Mapping[str, str]) -> CrmFields:
+    """The crm.lead.add fields of one submission (without ORIGIN_ID/TRACE: delivery adds those).
+
+    Order of precedence, lowest first: the form's defaults, the standard fields, the form's
+    own `fields` mapping. A field that is neither standard nor mapped goes to COMMENTS.
+    """
+    crm: CrmFields = dict(form.defaults)
+    crm["TITLE"] = first(values, "title") or render_title(form, values)
+    for name, code in PERSON_FIELDS.items():
+        if value := first(values, name):
+            crm[code] = value
+    if phones := non_empty(values, "phone"):
+        crm["PHONE"] = [{"VALUE": p, "VALUE_TYPE": "WORK"} for p in phones]
+    if emails := non_empty(values, "email"):
+        crm["EMAIL"] = [{"VALUE": e, "VALUE_TYPE": "WORK"} for e in emails]
+    if company := first(values, "company"):
+        crm["COMPANY_TITLE"] = company
+    # UTM: each key from the form when present, else from the trace's tags.list, case kept.
+    for key, code in UTM_FIELDS.items():
+        if value := first(values, key) or trace_utm.get(key, ""):
+            crm[code] = value
+    for source, target in form.fields.items():
+        if value := first(values, source):
+            crm[target] = value
+    if comments := _comments(form, values):
+        crm["COMMENTS"] = comments
+    return crm
+
+
+def _comments(form: Form, values: Values) -> str:
+    parts: list[str] = []
+    message = "\n".join(non_empty(values, "message")) if "message" not in form.fields else ""
+    if message:
+        parts.append(message)
+    extra = [
+        f"{name}: {', '.join(non_empty(values, name))}"
+        for name in values
+        if name not in STANDARD_FIELDS
+        and name not in CONTROL_FIELDS
+        and name not in form.fields
+        and name != form.honeypot
+        and non_empty(values, name)
+    ]
+    if extra:
+        parts.append("\n".join(extra))
+    return "\n\n".join(parts)

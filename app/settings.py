@@ -1,0 +1,153 @@
+"""Every setting of the gateway, read from the environment (and `.env`) once and validated.
+
+Nothing else reads the environment. `Settings.load()` turns a validation failure into
+`SettingsError`, whose message names the offending variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/gateway.db"
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+
+
+class SettingsError(Exception):
+    """A setting has a value the gateway cannot start with; the message names the variable."""
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """The gateway's configuration. Field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=True,
+    )
+
+    # --- the contract's main settings (DESIGN.md "Configuration") ---
+    B24_WEBHOOK_URL: SecretStr | None = None
+    DATABASE_URL: str = DEFAULT_DATABASE_URL
+    FORMS_FILE: Path | None = None
+    ADMIN_TOKEN: SecretStr | None = None
+    ALLOWED_ORIGINS: Annotated[tuple[str, ...], NoDecode] = ()
+    WORKER: bool = True
+    RATE_LIMIT_PER_IP: str = "30/minute"
+
+    # --- server ---
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8000, ge=1, le=65535)
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["console", "json"] = "console"
+
+    # --- intake ---
+    MAX_BODY_BYTES: int = Field(default=64 * 1024, ge=1024)
+    MAX_TRACE_BYTES: int = Field(default=64 * 1024, ge=256)
+
+    # --- Bitrix24 client ---
+    ORIGINATOR_ID: str = Field(default="b24-form-gateway", min_length=1, max_length=100)
+    BITRIX_TIMEOUT_SECONDS: float = Field(default=65.0, gt=0)
+    BITRIX_CONNECT_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+    BITRIX_RATE_PER_SECOND: float = Field(default=2.0, gt=0)
+    BITRIX_BURST: int = Field(default=50, ge=1)
+
+    # --- delivery worker ---
+    WORKER_POLL_SECONDS: float = Field(default=1.0, gt=0)
+    WORKER_BATCH_SIZE: int = Field(default=50, ge=1, le=50)
+    LEASE_SECONDS: float = Field(default=300.0, gt=0)
+    RETRY_BASE_SECONDS: float = Field(default=5.0, ge=0)
+    RETRY_MAX_DELAY_SECONDS: float = Field(default=900.0, ge=0)
+    RETRY_HORIZON_SECONDS: float = Field(default=3 * 24 * 3600.0, gt=0)
+
+    @field_validator("ALLOWED_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("B24_WEBHOOK_URL", mode="before")
+    @classmethod
+    def _check_webhook(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if not isinstance(raw, str):
+            raise ValueError("must be a URL")
+        raw = raw.strip()
+        parts = urlsplit(raw)
+        # The messages below never repeat the URL: it holds the webhook secret.
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an https:// URL like https://PORTAL/rest/USER_ID/SECRET/")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError("plain http is refused except on loopback; use https://")
+        segments = [s for s in parts.path.split("/") if s]
+        if len(segments) < 3 or segments[0] != "rest" or not segments[1].isdigit():
+            raise ValueError("must look like https://PORTAL/rest/USER_ID/SECRET/")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return raw if raw.endswith("/") else raw + "/"
+
+    @field_validator("RATE_LIMIT_PER_IP")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        if value.strip() == "0" or _RATE_RE.match(value):
+            return value.strip()
+        raise ValueError("must be like 30/minute (second, minute, hour or day), or 0 for off")
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("FORMS_FILE")
+    @classmethod
+    def _check_forms_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @property
+    def sandbox(self) -> bool:
+        """True when no webhook is configured: deliveries go to the built-in emulator."""
+        return self.B24_WEBHOOK_URL is None
+
+    @property
+    def webhook_host(self) -> str:
+        """The portal host (not secret), for logs and the status page."""
+        if self.B24_WEBHOOK_URL is None:
+            return "sandbox"
+        return urlsplit(self.B24_WEBHOOK_URL.get_secret_value()).hostname or "?"
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Build the settings; a bad value raises SettingsError naming the variable."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors(include_url=False, include_input=False):
+                name = ".".join(str(p) for p in err["loc"]) or "settings"
+                lines.append(f"{name}: {err['msg']}")
+            raise SettingsError("invalid setting: " + "; ".join(lines)) from None

@@ -1,0 +1,24 @@
+"""The database: schema, migrations, and every state change of a submission."""
+
+from app.store.db import create_engine, migrate
+from app.store.submissions import (
+    AttemptRecord,
+    Enqueued,
+    NewSubmission,
+    Page,
+    Store,
+    Submission,
+)
+from app.store.tables import Status
+
+__all__ = [
+    "AttemptRecord",
+    "Enqueued",
+    "NewSubmission",
+    "Page",
+    "Status",
+    "Store",
+    "Submission",
+    "create_engine",
+    "migrate",
+]

@@ -1,0 +1,447 @@
+"""Every read and state change of a submission, each in one transaction.
+
+The submissions table is the outbox and the queue: `enqueue` commits before the browser is
+answered, `claim_due` leases due rows to a worker, and `record_*`/`schedule_retry`/`mark_failed`
+record what an attempt produced. No other module writes SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.store.tables import Status, attempts, submissions
+
+EXCERPT_CHARS = 500
+Outcome = Literal["delivered", "retry", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewSubmission:
+    """A submission as the intake accepted it, ready to be committed."""
+
+    id: str
+    form_id: str
+    entity: str
+    fields: Mapping[str, Sequence[str]]
+    crm: Mapping[str, Any]
+    body_hash: str
+    idempotency_key: str | None = None
+    trace: str | None = None
+    trace_is_id: bool = False
+    trace_problem: str | None = None
+    status: Status = Status.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A stored submission."""
+
+    id: str
+    form_id: str
+    entity: str
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    idempotency_key: str | None
+    body_hash: str
+    fields: dict[str, list[str]]
+    crm: dict[str, Any]
+    trace: str | None
+    trace_is_id: bool
+    trace_problem: str | None
+    attempts: int
+    next_attempt_at: datetime
+    lease_until: datetime | None
+    outcome_unknown: bool
+    last_error: str | None
+    last_error_code: str | None
+    bitrix_ids: dict[str, int]
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """What one delivery attempt did, kept for the operator."""
+
+    attempt: int
+    started_at: datetime
+    finished_at: datetime
+    outcome: Outcome
+    error_code: str | None = None
+    excerpt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The result of `enqueue`: the stored row, and whether this call created it."""
+
+    submission: Submission
+    created: bool
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[Submission] = field(default_factory=list)
+    total: int = 0
+
+
+def _row(mapping: Mapping[Any, Any]) -> Submission:
+    data = dict(mapping)
+    data["status"] = Status(data["status"])
+    data["bitrix_ids"] = dict(data["bitrix_ids"] or {})
+    return Submission(**data)
+
+
+def _excerpt(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+class Store:
+    """The gateway's database. Each method is one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # ------------------------------------------------------------------ intake
+
+    async def enqueue(self, new: NewSubmission, *, now: datetime) -> Enqueued:
+        """Commit a new submission; with an idempotency key already used, return the first one."""
+        values = {
+            "id": new.id,
+            "form_id": new.form_id,
+            "entity": new.entity,
+            "status": new.status.value,
+            "created_at": now,
+            "updated_at": now,
+            "idempotency_key": new.idempotency_key,
+            "body_hash": new.body_hash,
+            "fields": {k: list(v) for k, v in new.fields.items()},
+            "crm": dict(new.crm),
+            "trace": new.trace,
+            "trace_is_id": new.trace_is_id,
+            "trace_problem": new.trace_problem,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_until": None,
+            "outcome_unknown": False,
+            "last_error": None,
+            "last_error_code": None,
+            "bitrix_ids": {},
+            "delivered_at": None,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(submissions.insert().values(**values))
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            existing = await self.find_by_key(new.form_id, new.idempotency_key)
+            if existing is None:  # the conflicting row vanished (retention); try once more
+                raise
+            return Enqueued(existing, created=False)
+        return Enqueued(_row(values), created=True)
+
+    async def find_by_key(self, form_id: str, key: str) -> Submission | None:
+        async with self.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(submissions).where(
+                            submissions.c.form_id == form_id, submissions.c.idempotency_key == key
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return _row(row) if row else None
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, submission_id: str) -> Submission | None:
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(submissions).where(submissions.c.id == submission_id)))
+                .mappings()
+                .first()
+            )
+        return _row(row) if row else None
+
+    async def attempts_of(self, submission_id: str) -> list[AttemptRecord]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(attempts)
+                    .where(attempts.c.submission_id == submission_id)
+                    .order_by(attempts.c.id)
+                )
+            ).mappings()
+            return [
+                AttemptRecord(
+                    attempt=r["attempt"],
+                    started_at=r["started_at"],
+                    finished_at=r["finished_at"],
+                    outcome=r["outcome"],
+                    error_code=r["error_code"],
+                    excerpt=r["excerpt"],
+                )
+                for r in rows
+            ]
+
+    async def count_by_status(self) -> dict[Status, int]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(submissions.c.status, func.count()).group_by(submissions.c.status)
+            )
+            counts = {status: 0 for status in Status}
+            for status, count in rows:
+                counts[Status(status)] = int(count)
+            return counts
+
+    async def search(
+        self,
+        *,
+        status: Status | None = None,
+        form_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        conditions = []
+        if status is not None:
+            conditions.append(submissions.c.status == status.value)
+        if form_id is not None:
+            conditions.append(submissions.c.form_id == form_id)
+        where = and_(*conditions) if conditions else None
+        query = select(submissions).order_by(submissions.c.created_at.desc(), submissions.c.id)
+        count = select(func.count()).select_from(submissions)
+        if where is not None:
+            query, count = query.where(where), count.where(where)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.limit(limit).offset(offset))).mappings()
+            items = [_row(r) for r in rows]
+            total = int((await conn.execute(count)).scalar_one())
+        return Page(items=items, total=total)
+
+    # ------------------------------------------------------------------ the worker
+
+    async def claim_due(self, *, now: datetime, limit: int, lease: timedelta) -> list[Submission]:
+        """Lease up to `limit` due submissions to the caller.
+
+        A row whose lease expired was claimed by a worker that never recorded an outcome (it
+        crashed or hung mid-call): its creates may have happened, so it comes back flagged
+        `outcome_unknown` and delivery looks the records up before creating them again.
+        """
+        due = (
+            select(submissions.c.id)
+            .where(
+                submissions.c.status.in_([Status.ACCEPTED.value, Status.DELIVERING.value]),
+                submissions.c.next_attempt_at <= now,
+                or_(submissions.c.lease_until.is_(None), submissions.c.lease_until <= now),
+            )
+            .order_by(submissions.c.next_attempt_at, submissions.c.created_at)
+            .limit(limit)
+            # PostgreSQL: concurrent workers skip each other's rows; SQLite ignores it
+            # (one writer at a time anyway).
+            .with_for_update(skip_locked=True)
+        )
+        async with self.engine.begin() as conn:
+            ids = list((await conn.execute(due)).scalars())
+            if not ids:
+                return []
+            await conn.execute(
+                update(submissions)
+                .where(submissions.c.id.in_(ids))
+                .values(
+                    status=Status.DELIVERING.value,
+                    outcome_unknown=or_(
+                        submissions.c.outcome_unknown, submissions.c.lease_until.is_not(None)
+                    ),
+                    lease_until=now + lease,
+                    attempts=submissions.c.attempts + 1,
+                    updated_at=now,
+                )
+            )
+            rows = (
+                await conn.execute(
+                    select(submissions)
+                    .where(submissions.c.id.in_(ids))
+                    .order_by(submissions.c.next_attempt_at, submissions.c.created_at)
+                )
+            ).mappings()
+            return [_row(r) for r in rows]
+
+    async def record_progress(
+        self, submission_id: str, *, bitrix_ids: Mapping[str, int], now: datetime
+    ) -> None:
+        """Remember records already created, before the next step (merged into bitrix_ids)."""
+        async with self.engine.begin() as conn:
+            await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
+
+    async def record_delivered(
+        self,
+        submission_id: str,
+        *,
+        bitrix_ids: Mapping[str, int],
+        attempt: AttemptRecord,
+        now: datetime,
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
+            await conn.execute(
+                update(submissions)
+                .where(submissions.c.id == submission_id)
+                .values(
+                    status=Status.DELIVERED.value,
+                    lease_until=None,
+                    outcome_unknown=False,
+                    delivered_at=now,
+                    updated_at=now,
+                )
+            )
+            await self._add_attempt(conn, submission_id, attempt)
+
+    async def schedule_retry(
+        self,
+        submission_id: str,
+        *,
+        next_attempt_at: datetime,
+        error: str,
+        error_code: str | None,
+        outcome_unknown: bool,
+        attempt: AttemptRecord,
+        now: datetime,
+        bitrix_ids: Mapping[str, int] | None = None,
+    ) -> None:
+        """Record a transient failure and when to try again (a decision, never a sleep)."""
+        async with self.engine.begin() as conn:
+            if bitrix_ids:
+                await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
+            await conn.execute(
+                update(submissions)
+                .where(submissions.c.id == submission_id)
+                .values(
+                    status=Status.DELIVERING.value,
+                    next_attempt_at=next_attempt_at,
+                    lease_until=None,
+                    **({"outcome_unknown": True} if outcome_unknown else {}),
+                    last_error=_excerpt(error),
+                    last_error_code=error_code,
+                    updated_at=now,
+                )
+            )
+            await self._add_attempt(conn, submission_id, attempt)
+
+    async def mark_failed(
+        self,
+        submission_id: str,
+        *,
+        error: str,
+        error_code: str | None,
+        attempt: AttemptRecord,
+        now: datetime,
+        outcome_unknown: bool = False,
+        bitrix_ids: Mapping[str, int] | None = None,
+    ) -> None:
+        async with self.engine.begin() as conn:
+            if bitrix_ids:
+                await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
+            await conn.execute(
+                update(submissions)
+                .where(submissions.c.id == submission_id)
+                .values(
+                    status=Status.FAILED.value,
+                    lease_until=None,
+                    **({"outcome_unknown": True} if outcome_unknown else {}),
+                    last_error=_excerpt(error),
+                    last_error_code=error_code,
+                    updated_at=now,
+                )
+            )
+            await self._add_attempt(conn, submission_id, attempt)
+
+    async def release(self, submission_ids: Sequence[str], *, now: datetime) -> None:
+        """Hand claimed rows back untouched (shutdown before their call was sent)."""
+        if not submission_ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(submissions)
+                .where(
+                    submissions.c.id.in_(list(submission_ids)),
+                    submissions.c.status == Status.DELIVERING.value,
+                )
+                .values(
+                    lease_until=None,
+                    attempts=submissions.c.attempts - 1,
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
+            )
+
+    async def requeue(self, submission_id: str, *, now: datetime) -> bool:
+        """Make a failed submission due again (a retry by hand). False if it is not failed."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(submissions)
+                .where(
+                    submissions.c.id == submission_id,
+                    submissions.c.status == Status.FAILED.value,
+                )
+                .values(
+                    status=Status.DELIVERING.value,
+                    next_attempt_at=now,
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
+            return bool(result.rowcount)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _merge_ids(
+        self,
+        conn: AsyncConnection,
+        submission_id: str,
+        bitrix_ids: Mapping[str, int],
+        *,
+        now: datetime,
+    ) -> None:
+        current = (
+            await conn.execute(
+                select(submissions.c.bitrix_ids).where(submissions.c.id == submission_id)
+            )
+        ).scalar_one()
+        merged = {**(current or {}), **bitrix_ids}
+        await conn.execute(
+            update(submissions)
+            .where(submissions.c.id == submission_id)
+            .values(bitrix_ids=merged, updated_at=now)
+        )
+
+    async def _add_attempt(
+        self, conn: AsyncConnection, submission_id: str, record: AttemptRecord
+    ) -> None:
+        await conn.execute(
+            attempts.insert().values(
+                submission_id=submission_id,
+                attempt=record.attempt,
+                started_at=record.started_at,
+                finished_at=record.finished_at,
+                outcome=record.outcome,
+                error_code=record.error_code,
+                excerpt=_excerpt(record.excerpt),
+            )
+        )

@@ -1,0 +1,104 @@
+"""Checks a visitor's Sales Intelligence trace (the getTrace() string) and reads its UTM tags.
+
+Pure: no I/O. A valid trace is passed on byte for byte, never rewritten (bitrix24-api.md §8.1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
+DEFAULT_MAX_TRACE_BYTES = 64 * 1024
+
+
+class TraceProblem(StrEnum):
+    """Why a trace that arrived is not sent to the portal (the submission is still accepted)."""
+
+    NOT_JSON = "trace_not_json"
+    """The string does not parse as JSON."""
+    NOT_OBJECT = "trace_not_object"
+    """It parses, but to something other than an object or a positive trace id."""
+    TOO_LARGE = "trace_too_large"
+    """Larger than the size cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What the gateway does with one submitted trace.
+
+    `value` is what goes into TRACE: the original JSON string, unmodified, or the decimal id of
+    an existing trace; None when there is nothing to send. `problem` says why a trace that
+    arrived is not sent. `utm` holds the five UTM tags found in `tags.list`, values as written.
+    """
+
+    value: str | None = None
+    is_id: bool = False
+    problem: TraceProblem | None = None
+    utm: dict[str, str] = field(default_factory=dict)
+
+
+def check_trace(raw: object, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> Trace:
+    """Classify a trace as it arrived: a string from a form, or any JSON value from a JSON body."""
+    if raw is None or raw == "":
+        return Trace()
+    if isinstance(raw, bool):
+        return Trace(problem=TraceProblem.NOT_OBJECT)
+    if isinstance(raw, int):
+        if raw > 0:
+            return Trace(value=str(raw), is_id=True)
+        return Trace(problem=TraceProblem.NOT_OBJECT)
+    if isinstance(raw, dict):
+        # A JSON body may carry the trace as an object; serialise it compactly (DESIGN.md).
+        text = json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
+        return _from_object(text, raw, max_bytes)
+    if not isinstance(raw, str):
+        return Trace(problem=TraceProblem.NOT_OBJECT)
+    stripped = raw.strip()
+    if not stripped:
+        return Trace()
+    if stripped.isascii() and stripped.isdigit():
+        number = int(stripped)
+        if number > 0:
+            return Trace(value=str(number), is_id=True)
+        return Trace(problem=TraceProblem.NOT_OBJECT)
+    if len(raw.encode("utf-8")) > max_bytes:
+        return Trace(problem=TraceProblem.TOO_LARGE)
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        return Trace(problem=TraceProblem.NOT_JSON)
+    if not isinstance(parsed, dict):
+        return Trace(problem=TraceProblem.NOT_OBJECT)
+    return Trace(value=raw, utm=utm_from_trace(parsed))
+
+
+def _from_object(text: str, parsed: dict[str, object], max_bytes: int) -> Trace:
+    if len(text.encode("utf-8")) > max_bytes:
+        return Trace(problem=TraceProblem.TOO_LARGE)
+    return Trace(value=text, utm=utm_from_trace(parsed))
+
+
+def utm_from_trace(parsed: dict[str, object]) -> dict[str, str]:
+    """The UTM tags of `tags.list`, non-empty strings only, case kept exactly (§6.4, §8.2)."""
+    tags = parsed.get("tags")
+    if not isinstance(tags, dict):
+        return {}
+    tag_list = tags.get("list")
+    # An empty PHP map arrives as [] (§5.3); anything but an object holds no tags.
+    if not isinstance(tag_list, dict):
+        return {}
+    utm: dict[str, str] = {}
+    for key in UTM_KEYS:
+        value = tag_list.get(key)
+        if isinstance(value, str) and value.strip():
+            utm[key] = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            utm[key] = str(value)
+    return utm
+
+
+def utm_only_trace(utm: dict[str, str]) -> str:
+    """A trace of just the UTM tags, for when the portal rejects the original (§8.4)."""
+    return json.dumps({"tags": {"list": utm}}, ensure_ascii=False, separators=(",", ":"))
