@@ -71,7 +71,7 @@ class _FormModel(BaseModel):
     redirect_url: str | None = None
     title: str = DEFAULT_TITLE
     required: tuple[str, ...] = DEFAULT_REQUIRED
-    honeypot: str | None = None
+    honeypot: str | None = "_gotcha"
     contact: Literal["find_or_create", "always_create", "none"] = "find_or_create"
     company: Literal["create_if_named", "find_or_create", "none"] = "create_if_named"
     defaults: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
@@ -149,7 +149,7 @@ class Form:
     redirect_url: str | None = None
     title: str = DEFAULT_TITLE
     required: tuple[str, ...] = DEFAULT_REQUIRED
-    honeypot: str | None = None
+    honeypot: str | None = "_gotcha"
     contact: str = "find_or_create"
     company: str = "create_if_named"
     defaults: Mapping[str, Scalar | list[Scalar]] = field(default_factory=dict)

@@ -1,0 +1,200 @@
+"""Reads and parses a submission body: urlencoded, multipart or JSON, within a size limit.
+
+Produces flat fields (name -> values) plus the raw trace value; every failure is a `BodyError`
+carrying the HTTP status the client gets (400, 413, 415, 422). Never raises anything else.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+URLENCODED = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+JSON_TYPE = "application/json"
+MAX_FIELDS = 100
+MAX_FIELD_CHARS = 10_000
+MAX_NAME_CHARS = 100
+
+
+class BodyError(Exception):
+    """The body cannot be accepted; `status` is the answer, `errors` names fields (422)."""
+
+    def __init__(self, status: int, message: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or {}
+
+
+@dataclass(slots=True)
+class ParsedBody:
+    kind: str
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    trace: object = None
+    raw: bytes = b""
+
+
+def media_type(request: Request) -> tuple[str, dict[str, str]]:
+    header = request.headers.get("content-type", "")
+    main, _, rest = header.partition(";")
+    params: dict[str, str] = {}
+    for part in rest.split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            params[key.strip().lower()] = value.strip().strip('"')
+    return main.strip().lower(), params
+
+
+def check_headers(request: Request) -> str:
+    """The body kind, or BodyError(415) for an encoded body or a type we do not take."""
+    if request.headers.get("content-encoding", "").strip():
+        raise BodyError(415, "Content-Encoding is not supported; send the body uncompressed")
+    kind, _ = media_type(request)
+    if kind not in (URLENCODED, MULTIPART, JSON_TYPE) and not kind.endswith("+json"):
+        raise BodyError(
+            415,
+            "unsupported Content-Type; use application/x-www-form-urlencoded, "
+            "multipart/form-data or application/json",
+        )
+    return JSON_TYPE if kind.endswith("+json") else kind
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it exceeds `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyError(413, f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_body(request: Request, *, limit: int) -> ParsedBody:
+    kind = check_headers(request)
+    raw = await read_limited(request, limit)
+    if kind == JSON_TYPE:
+        parsed = _parse_json(raw)
+    elif kind == URLENCODED:
+        parsed = _parse_urlencoded(raw, _charset(request))
+    else:
+        parsed = await _parse_multipart(request, raw)
+    parsed.raw = raw
+    _check_sizes(parsed.fields)
+    return parsed
+
+
+def _charset(request: Request) -> str:
+    _, params = media_type(request)
+    charset = params.get("charset", "utf-8")
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        raise BodyError(415, f"unsupported charset {charset[:40]!r}") from None
+
+
+def _parse_urlencoded(raw: bytes, charset: str) -> ParsedBody:
+    try:
+        text = raw.decode("ascii") if charset != "utf-8" else raw.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise BodyError(400, f"the body is not valid {charset} form data") from None
+    body = ParsedBody(kind=URLENCODED)
+    for name, value in pairs:
+        _add(body, name, value)
+    return body
+
+
+async def _parse_multipart(request: Request, raw: bytes) -> ParsedBody:
+    # Starlette's form parser reads the cached body (the size limit has been applied already).
+    request._body = raw
+    try:
+        form = await request.form(max_files=10, max_fields=MAX_FIELDS * 2)
+    except Exception:  # truncated or malformed multipart, bad boundary, bad encoding
+        raise BodyError(400, "the body is not valid multipart/form-data") from None
+    body = ParsedBody(kind=MULTIPART)
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if value.filename or (value.size or 0) > 0:
+                    raise BodyError(
+                        422, "file uploads are not accepted", {name: "files are not accepted"}
+                    )
+                continue
+            _add(body, name, value)
+    finally:
+        await form.close()
+    return body
+
+
+def _parse_json(raw: bytes) -> ParsedBody:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BodyError(400, "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BodyError(400, "the JSON body must be an object of fields")
+    body = ParsedBody(kind=JSON_TYPE)
+    errors: dict[str, str] = {}
+    for name, value in data.items():
+        if name == "trace":
+            body.trace = value  # an object, a string or a trace id: trace.check_trace decides
+            continue
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if item is None:
+                continue
+            if isinstance(item, dict | list):
+                errors[name] = "must be a string, a number or a list of them"
+                break
+            _add(body, name, _scalar(item))
+    if errors:
+        raise BodyError(422, "some fields are invalid", errors)
+    return body
+
+
+def _scalar(value: object) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
+
+
+def _add(body: ParsedBody, name: str, value: str) -> None:
+    name = name.strip()
+    if not name:
+        return
+    if name == "trace" and body.kind != JSON_TYPE:
+        # Forms carry one trace; the first non-empty one counts.
+        if not body.trace:
+            body.trace = value
+        return
+    body.fields.setdefault(name, []).append(value)
+
+
+def _check_sizes(fields: dict[str, list[str]]) -> None:
+    if len(fields) > MAX_FIELDS:
+        raise BodyError(422, f"too many fields (at most {MAX_FIELDS})", {"*": "too many fields"})
+    errors: dict[str, str] = {}
+    for name, values in fields.items():
+        if len(name) > MAX_NAME_CHARS:
+            errors[name[:MAX_NAME_CHARS]] = (
+                f"field names are limited to {MAX_NAME_CHARS} characters"
+            )
+        elif any(len(v) > MAX_FIELD_CHARS for v in values):
+            errors[name] = f"longer than {MAX_FIELD_CHARS} characters"
+        elif "\x00" in "".join(values):
+            errors[name] = "contains a NUL character"
+    if errors:
+        raise BodyError(422, "some fields are invalid", errors)
