@@ -1,0 +1,282 @@
+"""Assembly: `create_app(settings)` wires the routes, the database, the Bitrix24 client and the
+worker; `cli()` is the `b24-form-gateway` command. The only module that imports the sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import pages
+from app.bitrix import BitrixClient
+from app.delivery import RetryPolicy, Worker, WorkerConfig
+from app.forms import Form, FormsError, load_forms
+from app.intake import IntakeContext
+from app.intake import router as intake_router
+from app.intake.routes import error_response
+from app.observability import configure_logging
+from app.sandbox import Emulator, EmulatorConfig, create_emulator_app
+from app.settings import Settings, SettingsError
+from app.store import Status, Store, create_engine, migrate
+
+log = logging.getLogger("app.main")
+
+SANDBOX_SECRET = "sandbox"  # noqa: S105 - the in-process emulator's webhook code, not a secret
+SANDBOX_WEBHOOK = f"http://sandbox.internal/rest/1/{SANDBOX_SECRET}/"
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What the lifespan built, reachable from `app.state.runtime` (tests and probes use it)."""
+
+    settings: Settings
+    store: Store
+    client: BitrixClient
+    worker: Worker | None
+    emulator: Emulator | None
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        originator_id=settings.ORIGINATOR_ID,
+        batch_size=settings.WORKER_BATCH_SIZE,
+        lease_seconds=settings.LEASE_SECONDS,
+        poll_seconds=settings.WORKER_POLL_SECONDS,
+        policy=RetryPolicy(
+            base_seconds=settings.RETRY_BASE_SECONDS,
+            max_delay_seconds=settings.RETRY_MAX_DELAY_SECONDS,
+            horizon_seconds=settings.RETRY_HORIZON_SECONDS,
+        ),
+    )
+
+
+def build_client(settings: Settings, emulator_app: ASGIApp | None) -> BitrixClient:
+    common = {
+        "timeout_seconds": settings.BITRIX_TIMEOUT_SECONDS,
+        "connect_timeout_seconds": settings.BITRIX_CONNECT_TIMEOUT_SECONDS,
+        "rate_per_second": settings.BITRIX_RATE_PER_SECOND,
+        "burst": settings.BITRIX_BURST,
+    }
+    if settings.B24_WEBHOOK_URL is None:
+        # Sandbox: calls go in-process to the emulator; no socket, so no real portal, ever.
+        transport = httpx.ASGITransport(app=emulator_app)  # type: ignore[arg-type]
+        return BitrixClient(SANDBOX_WEBHOOK, transport=transport, **common)  # type: ignore[arg-type]
+    return BitrixClient(settings.B24_WEBHOOK_URL.get_secret_value(), **common)  # type: ignore[arg-type]
+
+
+def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> FastAPI:
+    """The gateway as an ASGI app. Raises FormsError for a bad forms file."""
+    forms = forms if forms is not None else load_forms(settings.FORMS_FILE)
+    engine = create_engine(settings.DATABASE_URL)
+    store = Store(engine)
+    emulator: Emulator | None = None
+    emulator_app: ASGIApp | None = None
+    if settings.sandbox:
+        emulator = Emulator(EmulatorConfig(secret=SANDBOX_SECRET))
+        emulator_app = create_emulator_app(emulator)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.sandbox:
+            log.warning(
+                "sandbox.mode",
+                extra={"detail": "B24_WEBHOOK_URL is not set: delivering to the built-in "
+                       "emulator at /sandbox, never to a real portal"},
+            )
+        else:
+            log.info("portal.configured", extra={"portal_host": settings.webhook_host})
+        await migrate(engine)
+        client = build_client(settings, emulator_app)
+        worker = Worker(store, client, worker_config(settings)) if settings.WORKER else None
+        app.state.runtime = Runtime(settings, store, client, worker, emulator)
+        app.state.intake.on_accepted = worker.wake if worker else (lambda: None)
+        task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
+        log.info("gateway.started", extra={"forms": ",".join(sorted(forms)), "worker": bool(worker)})
+        try:
+            yield
+        finally:
+            if worker is not None and task is not None:
+                worker.stop()
+                try:
+                    await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE_SECONDS)
+                except TimeoutError:
+                    # Claims stay leased; after the lease they are retried with a look-up first.
+                    log.warning("worker.shutdown_timeout")
+            await client.aclose()
+            await engine.dispose()
+            log.info("gateway.stopped")
+
+    app = FastAPI(
+        title="b24-form-gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.intake = IntakeContext(settings=settings, forms=forms, store=store)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.ALLOWED_ORIGINS),
+        # Unset ALLOWED_ORIGINS: echo any origin (DESIGN.md, embed.js).
+        allow_origin_regex=None if settings.ALLOWED_ORIGINS else ".*",
+        allow_methods=["GET", "POST"],
+        allow_headers=["Content-Type", "Accept", "Idempotency-Key"],
+        max_age=3600,
+    )
+    _add_error_handlers(app)
+    app.include_router(intake_router)
+    demo_form = "contact" if "contact" in forms else sorted(forms)[0]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        if settings.sandbox:
+            return HTMLResponse(pages.demo_page(demo_form))
+        return HTMLResponse(pages.status_page(settings.webhook_host))
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: database, queue depth, portal state")
+    async def readyz(request: Request) -> JSONResponse:
+        runtime: Runtime = request.app.state.runtime
+        body: dict[str, object] = {"sandbox": settings.sandbox}
+        try:
+            counts = await runtime.store.count_by_status()
+        except Exception:
+            log.exception("readyz.database_unreachable")
+            return JSONResponse({**body, "status": "unavailable", "database": "error"}, 503)
+        client = runtime.client
+        body.update(
+            status="ok",
+            database="ok",
+            queue={s.value: counts[s] for s in (Status.ACCEPTED, Status.DELIVERING)},
+            failed=counts[Status.FAILED],
+            portal={
+                "last_success_at": client.last_success_at,
+                "last_failure_at": client.last_failure_at,
+                "last_error": client.last_error_code,
+            },
+        )
+        return JSONResponse(body)
+
+    if emulator_app is not None:
+        app.mount("/sandbox", emulator_app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, "invalid request")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # A bug must not become a stack trace for the client; the log keeps the details.
+        log.error("http.unexpected_error", exc_info=exc, extra={"path": request.url.path})
+        return error_response(500, "internal error")
+
+
+class _LazyApp:
+    """`uvicorn app.main:app`: settings are read when the server starts, not at import."""
+
+    def __init__(self) -> None:
+        self._app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            settings = Settings.load()
+            configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
+            self._app = create_app(settings)
+        await self._app(scope, receive, send)
+
+
+app = _LazyApp()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "host", None):
+        overrides["HOST"] = args.host
+    if getattr(args, "port", None):
+        overrides["PORT"] = args.port
+    return Settings.load(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
+    gateway = create_app(settings)
+    uvicorn.run(
+        gateway,
+        host=settings.HOST,
+        port=settings.PORT,
+        log_config=None,
+        access_log=False,  # client IPs and paths are not needed in the log
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+    )
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    configure_logging()
+    config = EmulatorConfig(secret=args.secret)
+    log.warning(
+        "sandbox.standalone",
+        extra={"webhook": f"http://{args.host}:{args.port}/rest/1/{args.secret}/"},
+    )
+    uvicorn.run(
+        create_emulator_app(config=config), host=args.host, port=args.port, log_config=None
+    )
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="b24-form-gateway",
+        description="Stores website form submissions and delivers them to Bitrix24 with "
+        "their Sales Intelligence trace.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway (sandbox mode without a webhook)")
+    serve.add_argument("--host", help="listen address (default HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default PORT or 8000)")
+    serve.set_defaults(func=_serve)
+    sandbox = commands.add_parser("sandbox", help="run only the Bitrix24 emulator")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8024)
+    sandbox.add_argument("--secret", default=SANDBOX_SECRET, help="the webhook code it accepts")
+    sandbox.set_defaults(func=_sandbox)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (SettingsError, FormsError) as exc:
+        print(f"b24-form-gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,79 @@
+"""Settings: defaults, and bad values stop start-up with a message naming the variable."""
+
+import pytest
+
+from app.settings import Settings, SettingsError
+
+
+def test_defaults_are_sandbox_mode_with_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("B24_WEBHOOK_URL", raising=False)
+    settings = Settings.load(_env_file=None)
+    assert settings.sandbox
+    assert settings.DATABASE_URL == "sqlite+aiosqlite:///./data/gateway.db"
+    assert settings.WORKER is True
+    assert settings.RATE_LIMIT_PER_IP == "30/minute"
+    assert (settings.HOST, settings.PORT) == ("127.0.0.1", 8000)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.bitrix24.com/rest/1/abc123/",
+        "https://example.bitrix24.com/rest/1/abc123",
+        "http://127.0.0.1:9000/rest/1/abc123/",
+        "http://localhost/rest/7/abc/",
+    ],
+)
+def test_webhook_urls_accepted(url: str) -> None:
+    settings = Settings.load(B24_WEBHOOK_URL=url, _env_file=None)
+    assert not settings.sandbox
+    assert settings.B24_WEBHOOK_URL is not None
+    assert settings.B24_WEBHOOK_URL.get_secret_value().endswith("/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.bitrix24.com/rest/1/topsecret/",
+        "ftp://example.bitrix24.com/rest/1/topsecret/",
+        "https://example.bitrix24.com/topsecret/",
+        "https://example.bitrix24.com/rest/topsecret/",
+        "https://example.bitrix24.com/rest/1/topsecret/?x=1",
+    ],
+)
+def test_bad_webhook_urls_are_refused_without_echoing_the_secret(url: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.load(B24_WEBHOOK_URL=url, _env_file=None)
+    assert "B24_WEBHOOK_URL" in str(err.value)
+    assert "topsecret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("WORKER", "perhaps"),
+        ("RATE_LIMIT_PER_IP", "lots"),
+        ("DATABASE_URL", "mysql://x"),
+        ("FORMS_FILE", "/nonexistent/forms.toml"),
+        ("BITRIX_RATE_PER_SECOND", "0"),
+        ("LOG_FORMAT", "xml"),
+    ],
+)
+def test_a_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        Settings.load(_env_file=None)
+    assert name in str(err.value)
+
+
+def test_allowed_origins_is_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://a.example, https://b.example/")
+    settings = Settings.load(_env_file=None)
+    assert settings.ALLOWED_ORIGINS == ("https://a.example", "https://b.example")
+
+
+def test_rate_limit_zero_turns_it_off() -> None:
+    assert Settings.load(RATE_LIMIT_PER_IP="0", _env_file=None).RATE_LIMIT_PER_IP == "0"
