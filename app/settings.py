@@ -42,6 +42,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=True,
+        env_ignore_empty=True,  # `FORMS_FILE=` in .env means unset, as in .env.example
     )
 
     # --- the contract's main settings (DESIGN.md "Configuration") ---

@@ -1,5 +1,7 @@
 """Settings: defaults, and bad values stop start-up with a message naming the variable."""
 
+from pathlib import Path
+
 import pytest
 
 from app.settings import Settings, SettingsError
@@ -77,3 +79,28 @@ def test_allowed_origins_is_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_rate_limit_zero_turns_it_off() -> None:
     assert Settings.load(RATE_LIMIT_PER_IP="0", _env_file=None).RATE_LIMIT_PER_IP == "0"
+
+
+ENV_EXAMPLE = Path(__file__).parents[2] / ".env.example"
+
+
+def test_env_example_lists_every_setting() -> None:
+    listed = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert listed == set(Settings.model_fields)
+
+
+def test_env_example_as_a_dotenv_starts_in_sandbox_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(ENV_EXAMPLE.read_text())
+    settings = Settings.load(_env_file=dotenv)
+    assert settings.sandbox
+    assert settings.FORMS_FILE is None
+    assert settings.ALLOWED_ORIGINS == ()
