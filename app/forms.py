@@ -232,14 +232,21 @@ def render_title(form: Form, values: Values) -> str:
     return form.title.format_map(_Fields(form=form.id)).strip() or f"Website request: {form.id}"
 
 
-def map_lead(form: Form, values: Values, *, trace_utm: Mapping[str, str]) -> CrmFields:
-    """The crm.lead.add fields of one submission (without ORIGIN_ID/TRACE: delivery adds those).
+def utm_of(values: Values, trace_utm: Mapping[str, str]) -> dict[str, str]:
+    """The five UTM tags: each from the form when present, else from the trace, case kept."""
+    utm: dict[str, str] = {}
+    for key in UTM_FIELDS:
+        if value := first(values, key) or trace_utm.get(key, ""):
+            utm[key] = value
+    return utm
 
-    Order of precedence, lowest first: the form's defaults, the standard fields, the form's
-    own `fields` mapping. A field that is neither standard nor mapped goes to COMMENTS.
-    """
-    crm: CrmFields = dict(form.defaults)
-    crm["TITLE"] = first(values, "title") or render_title(form, values)
+
+def _utm_fields(utm: Mapping[str, str]) -> CrmFields:
+    return {UTM_FIELDS[key]: value for key, value in utm.items()}
+
+
+def _person(values: Values) -> CrmFields:
+    crm: CrmFields = {}
     for name, code in PERSON_FIELDS.items():
         if value := first(values, name):
             crm[code] = value
@@ -247,18 +254,93 @@ def map_lead(form: Form, values: Values, *, trace_utm: Mapping[str, str]) -> Crm
         crm["PHONE"] = [{"VALUE": p, "VALUE_TYPE": "WORK"} for p in phones]
     if emails := non_empty(values, "email"):
         crm["EMAIL"] = [{"VALUE": e, "VALUE_TYPE": "WORK"} for e in emails]
-    if company := first(values, "company"):
-        crm["COMPANY_TITLE"] = company
-    # UTM: each key from the form when present, else from the trace's tags.list, case kept.
-    for key, code in UTM_FIELDS.items():
-        if value := first(values, key) or trace_utm.get(key, ""):
-            crm[code] = value
+    return crm
+
+
+def _main_record(form: Form, values: Values, utm: Mapping[str, str], *, titled: bool) -> CrmFields:
+    """The form's own record: defaults, title, UTM, mapped fields, comments."""
+    crm: CrmFields = dict(form.defaults)
+    if titled:
+        crm["TITLE"] = first(values, "title") or render_title(form, values)
+    crm.update(_utm_fields(utm))
     for source, target in form.fields.items():
         if value := first(values, source):
             crm[target] = value
     if comments := _comments(form, values):
         crm["COMMENTS"] = comments
     return crm
+
+
+def map_lead(form: Form, values: Values, *, trace_utm: Mapping[str, str]) -> CrmFields:
+    """The crm.lead.add fields of one submission (without ORIGIN_ID/TRACE: delivery adds those).
+
+    Order of precedence, lowest first: the form's defaults, the standard fields, the form's
+    own `fields` mapping. A field that is neither standard nor mapped goes to COMMENTS.
+    """
+    utm = utm_of(values, trace_utm)
+    crm: CrmFields = dict(form.defaults)
+    crm["TITLE"] = first(values, "title") or render_title(form, values)
+    crm.update(_person(values))
+    if company := first(values, "company"):
+        crm["COMPANY_TITLE"] = company
+    crm.update(_utm_fields(utm))
+    for source, target in form.fields.items():
+        if value := first(values, source):
+            crm[target] = value
+    if comments := _comments(form, values):
+        crm["COMMENTS"] = comments
+    return crm
+
+
+def map_submission(
+    form: Form, values: Values, *, trace_utm: Mapping[str, str]
+) -> dict[str, object]:
+    """Everything delivery needs to build the form's records, stored with the submission.
+
+    `records` maps a role (lead, deal, contact, company, quote) to its CRM fields; `main` names
+    the form's own record; `match` says how to find an existing contact or company; `utm` is
+    kept for a UTM-only trace (bitrix24-api.md §8.4). Stored at intake, so a later change of
+    the forms file does not change what an accepted submission becomes.
+    """
+    utm = utm_of(values, trace_utm)
+    entity = form.entity
+    match: dict[str, str] = {}
+    records: dict[str, CrmFields]
+    if entity is Entity.LEAD:
+        records = {"lead": map_lead(form, values, trace_utm=trace_utm)}
+    elif entity is Entity.CONTACT:
+        contact = _main_record(form, values, utm, titled=False)
+        contact.update(_person(values))
+        records = {"contact": contact}
+    elif entity is Entity.QUOTE:
+        records = {"quote": _main_record(form, values, utm, titled=True)}
+    else:
+        records = {"deal": _main_record(form, values, utm, titled=True)}
+        assigned = {k: v for k, v in form.defaults.items() if k == "ASSIGNED_BY_ID"}
+        company = first(values, "company")
+        if company and form.company != "none":
+            records["company"] = {"TITLE": company, **assigned, **_utm_fields(utm)}
+            if form.company == "find_or_create":
+                match["company"] = "title"
+        if form.contact != "none":
+            person = _person(values)
+            if not ("NAME" in person or "LAST_NAME" in person):
+                # §6.2: a contact needs NAME or LAST_NAME on older portals.
+                person["NAME"] = first(values, "email") or first(values, "phone") or "—"
+            records["contact"] = {**person, **assigned, **_utm_fields(utm)}
+            if form.contact == "find_or_create" and ("PHONE" in person or "EMAIL" in person):
+                match["contact"] = "phone_email"
+    return {
+        "entity": entity.value,
+        "main": _main_role(entity),
+        "records": records,
+        "match": match,
+        "utm": utm,
+    }
+
+
+def _main_role(entity: Entity) -> str:
+    return entity.value
 
 
 def _comments(form: Form, values: Values) -> str:

@@ -213,7 +213,11 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int]] = [
         415,
     ),
     ("too large", {"data": {"phone": "+15550001111", "message": "x" * 70_000}}, 413),
-    ("bad key", {"data": {"phone": "+15550001111"}, "headers": {"Idempotency-Key": "é"}}, 400),
+    (
+        "bad key",
+        {"data": {"phone": "+15550001111"}, "headers": {"Idempotency-Key": "é".encode()}},
+        400,
+    ),
     ("long key field", {"data": {"phone": "+15550001111", "submission_id": "k" * 256}}, 400),
 ]
 

@@ -16,6 +16,7 @@ from app.bitrix.errors import (
     BitrixError,
     OutcomeUnknown,
     PortalMoved,
+    RejectedError,
     Unreachable,
     classify,
 )
@@ -104,7 +105,7 @@ class BitrixClient:
             method = commands.get(key, "").split("?", 1)[0] or None
             error = raw if isinstance(raw, dict) else {}
             reset = self._operating_reset_at.get(method or "")
-            out.errors[key] = classify(
+            classified = classify(
                 _code(error.get("error")),
                 str(error.get("error_description") or "batch command failed"),
                 http_status=None,
@@ -112,6 +113,10 @@ class BitrixClient:
                 method=method,
                 reset_at=reset,
             )
+            if not isinstance(classified, RejectedError):
+                # A webhook or limit problem reported per command is still the portal's state.
+                self._failed(classified)
+            out.errors[key] = classified
         for key, item in times.items():
             method = commands.get(key, "").split("?", 1)[0]
             reset_at = _as_map(item).get("operating_reset_at")

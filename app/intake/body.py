@@ -116,6 +116,11 @@ def _parse_urlencoded(raw: bytes, charset: str) -> ParsedBody:
 
 
 async def _parse_multipart(request: Request, raw: bytes) -> ParsedBody:
+    boundary = media_type(request)[1].get("boundary", "")
+    # The parser quietly drops a part cut off mid-way; a body without its closing
+    # delimiter was truncated in transit, so refuse it rather than store half a form.
+    if not boundary or f"--{boundary}--".encode("latin-1", "replace") not in raw:
+        raise BodyError(400, "the body is not valid multipart/form-data (truncated?)")
     # Starlette's form parser reads the cached body (the size limit has been applied already).
     request._body = raw
     try:
