@@ -57,9 +57,6 @@ class Entity(StrEnum):
     """A quote (estimate)."""
 
 
-SUPPORTED_ENTITIES = frozenset({Entity.LEAD})
-
-
 class FormsError(Exception):
     """The forms file cannot be used; the message names the file, the form and the key."""
 
@@ -105,13 +102,6 @@ class _FormModel(BaseModel):
             names = group.split("|")
             if not all(n and re.match(r"^[A-Za-z0-9_.-]+$", n) for n in names):
                 raise ValueError(f"{group!r} is not a field name or a|b alternatives")
-        return value
-
-    @field_validator("entity")
-    @classmethod
-    def _check_entity(cls, value: Entity) -> Entity:
-        if value not in SUPPORTED_ENTITIES:
-            raise ValueError(f'{value.value!r} forms are not supported yet; use "lead"')
         return value
 
     @field_validator("defaults")

@@ -95,8 +95,10 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         if settings.sandbox:
             log.warning(
                 "sandbox.mode",
-                extra={"detail": "B24_WEBHOOK_URL is not set: delivering to the built-in "
-                       "emulator at /sandbox, never to a real portal"},
+                extra={
+                    "detail": "B24_WEBHOOK_URL is not set: delivering to the built-in "
+                    "emulator at /sandbox, never to a real portal"
+                },
             )
         else:
             log.info("portal.configured", extra={"portal_host": settings.webhook_host})
@@ -106,7 +108,9 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         app.state.runtime = Runtime(settings, store, client, worker, emulator)
         app.state.intake.on_accepted = worker.wake if worker else (lambda: None)
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
-        log.info("gateway.started", extra={"forms": ",".join(sorted(forms)), "worker": bool(worker)})
+        log.info(
+            "gateway.started", extra={"forms": ",".join(sorted(forms)), "worker": bool(worker)}
+        )
         try:
             yield
         finally:
@@ -248,9 +252,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         "sandbox.standalone",
         extra={"webhook": f"http://{args.host}:{args.port}/rest/1/{args.secret}/"},
     )
-    uvicorn.run(
-        create_emulator_app(config=config), host=args.host, port=args.port, log_config=None
-    )
+    uvicorn.run(create_emulator_app(config=config), host=args.host, port=args.port, log_config=None)
     return 0
 
 

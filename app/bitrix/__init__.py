@@ -1,6 +1,6 @@
 """The Bitrix24 REST client: calls, batches, error classes, the request rate limiter."""
 
-from app.bitrix.client import BatchResult, BitrixClient
+from app.bitrix.client import MAX_BATCH_COMMANDS, BatchResult, BitrixClient
 from app.bitrix.encoding import Ref, command, encode_params
 from app.bitrix.errors import (
     BitrixError,
@@ -18,6 +18,7 @@ from app.bitrix.errors import (
 )
 
 __all__ = [
+    "MAX_BATCH_COMMANDS",
     "BatchResult",
     "BitrixClient",
     "BitrixError",

@@ -1,7 +1,6 @@
-"""The delivery worker: claim due submissions, send their commands in batches, record outcomes.
-
-One pass (`run_once`) is what tests drive directly; `run` loops it until stopped. Retries are
-recorded as the next attempt time by the store, never slept on here.
+"""The delivery worker: claim due submissions, send their commands in shared batches, record
+what each produced. One pass (`run_once`) is what tests drive; `run` loops it until stopped.
+Retries are recorded as the next attempt time by the store, never slept on here.
 """
 
 from __future__ import annotations
@@ -10,16 +9,26 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
-from app.bitrix import BitrixClient, BitrixError, OutcomeUnknown
+from app.bitrix import (
+    MAX_BATCH_COMMANDS,
+    BatchResult,
+    BitrixClient,
+    BitrixError,
+    NotExecuted,
+    OutcomeUnknown,
+    RejectedError,
+)
 from app.delivery import plan
 from app.delivery.retry import RetryPolicy
 from app.store import AttemptRecord, Store, Submission
 
 log = logging.getLogger("app.delivery")
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -35,15 +44,24 @@ class WorkerConfig:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """What happened to one submission in this pass."""
+class Halted(NotExecuted):
+    """Not run: an earlier command of the same `halt=1` batch failed (§5.1)."""
 
-    submission: Submission
-    lead_id: int | None = None
+
+@dataclass(slots=True)
+class _Job:
+    """One submission's progress through this pass."""
+
+    pkg: plan.Package
+    known: dict[str, int]
+    unknown: bool
     error: BitrixError | None = None
-    # True when a create may have run without us learning its result.
-    unknown: bool = False
+    trace_problem: str | None = None
+    plan: plan.CreatePlan = field(default_factory=plan.CreatePlan)
+
+    @property
+    def submission(self) -> Submission:
+        return self.pkg.submission
 
 
 class Worker:
@@ -91,9 +109,8 @@ class Worker:
 
     async def run_once(self) -> int:
         """Claim one batch of due submissions and deliver it; returns how many were claimed."""
-        now = self.clock()
         claimed = await self.store.claim_due(
-            now=now,
+            now=self.clock(),
             limit=self.config.batch_size,
             lease=timedelta(seconds=self.config.lease_seconds),
         )
@@ -103,98 +120,137 @@ class Worker:
 
     async def deliver(self, claimed: Sequence[Submission]) -> None:
         started = self.clock()
-        outcomes: list[_Outcome] = []
-        to_create: list[Submission] = []
-        to_look_up: list[Submission] = []
-        for submission in claimed:
-            if "lead" in submission.bitrix_ids:
-                outcomes.append(_Outcome(submission, lead_id=submission.bitrix_ids["lead"]))
-            elif submission.outcome_unknown:
-                to_look_up.append(submission)
-            else:
-                to_create.append(submission)
-        if to_look_up:
-            found, missing = await self._look_up(to_look_up)
-            outcomes.extend(found)
-            to_create.extend(missing)
-        if to_create:
-            outcomes.extend(await self._create(to_create))
-        for outcome in outcomes:
-            await self._record(outcome, started=started)
+        jobs = [
+            _Job(plan.package(s), known=dict(s.bitrix_ids), unknown=s.outcome_unknown)
+            for s in claimed
+        ]
+        await self._look_up(jobs)
+        await self._create([j for j in jobs if j.error is None])
+        for job in jobs:
+            await self._record(job, started=started)
 
-    async def _look_up(
-        self, submissions: Sequence[Submission]
-    ) -> tuple[list[_Outcome], list[Submission]]:
-        """Find leads that an attempt with a lost answer may have created (§7.1)."""
-        keys = {f"q{i}": s for i, s in enumerate(submissions)}
-        commands = {
-            k: plan.lead_lookup(s, originator_id=self.config.originator_id) for k, s in keys.items()
-        }
+    # ------------------------------------------------------------------ phase 1
+
+    async def _look_up(self, jobs: Sequence[_Job]) -> None:
+        originator = self.config.originator_id
+        pending = []
+        for n, job in enumerate(jobs):
+            cmds = plan.lookups(job.pkg, originator_id=originator, known=job.known)
+            pending.append(((n, job, cmds), len(cmds)))
+        for chunk in _chunks(entry for entry in pending if entry[1]):
+            commands = {f"j{n}_{name}": text for n, _, cmds in chunk for name, text in cmds.items()}
+            try:
+                result = await self.client.batch(commands, halt=False)
+            except BitrixError as exc:
+                for _, job, _cmds in chunk:
+                    job.error = exc
+                continue
+            for n, job, cmds in chunk:
+                answers: dict[str, object] = {}
+                for name in cmds:
+                    key = f"j{n}_{name}"
+                    if key in result.errors:
+                        job.error = result.errors[key]
+                        break
+                    answers[name] = result.results.get(key)
+                else:
+                    found = plan.resolve(job.pkg, answers)
+                    if found:
+                        log.info(
+                            "delivery.found_existing",
+                            extra={"submission_id": job.pkg.id, "roles": ",".join(sorted(found))},
+                        )
+                    job.known.update(found)
+                    # Every record not found is known not to exist: creating it is safe now.
+                    job.unknown = False
+
+    # ------------------------------------------------------------------ phase 2
+
+    async def _create(self, jobs: Sequence[_Job]) -> None:
+        originator = self.config.originator_id
+        singles: list[tuple[_Job, int]] = []
+        chains: list[tuple[_Job, int]] = []
+        for n, job in enumerate(jobs):
+            job.plan = plan.creates(
+                job.pkg, originator_id=originator, known=job.known, prefix=f"s{n}_"
+            )
+            if len(job.plan.steps) == 1:
+                singles.append((job, 1))
+            elif job.plan.steps:
+                chains.append((job, len(job.plan.steps)))
+        # Independent records: halt=0, so one rejected lead does not hold back the others.
+        for chunk in _chunks(singles):
+            await self._send(chunk, halt=False)
+        # Chained records: halt=1, or a failed create would feed garbage into $result (§5.2).
+        for chunk in _chunks(chains):
+            await self._send(chunk, halt=True)
+
+    async def _send(self, chunk: Sequence[_Job], *, halt: bool) -> None:
+        commands = {step.key: step.command for job in chunk for step in job.plan.steps}
         try:
-            result = await self.client.batch(commands, halt=False)
+            result = await self.client.batch(commands, halt=halt)
         except BitrixError as exc:
-            return [_Outcome(s, error=exc, unknown=True) for s in submissions], []
-        found: list[_Outcome] = []
-        missing: list[Submission] = []
-        for key, submission in keys.items():
-            if key in result.errors:
-                found.append(_Outcome(submission, error=result.errors[key], unknown=True))
-            elif key not in result.results:
-                error = OutcomeUnknown("the look-up was not answered", method="crm.lead.list")
-                found.append(_Outcome(submission, error=error, unknown=True))
-            elif (lead_id := plan.found_id(result.results[key])) is not None:
-                log.info("delivery.found_existing", extra={"submission_id": submission.id})
-                found.append(_Outcome(submission, lead_id=lead_id))
-            else:
-                missing.append(submission)
-        return found, missing
+            for job in chunk:
+                job.error = exc
+                job.unknown = job.unknown or isinstance(exc, OutcomeUnknown)
+            return
+        halted = False
+        for job in chunk:
+            stopped = self._read_steps(job, result, halted=halted)
+            halted = halt and stopped
 
-    async def _create(self, submissions: Sequence[Submission]) -> list[_Outcome]:
-        keys = {f"s{i}": s for i, s in enumerate(submissions)}
-        commands = {
-            k: plan.lead_add(s, originator_id=self.config.originator_id) for k, s in keys.items()
-        }
-        try:
-            # halt=0: the leads are independent; one rejected lead must not stop the others.
-            result = await self.client.batch(commands, halt=False)
-        except BitrixError as exc:
-            unknown = isinstance(exc, OutcomeUnknown)
-            return [_Outcome(s, error=exc, unknown=unknown) for s in submissions]
-        outcomes: list[_Outcome] = []
-        for key, submission in keys.items():
-            if key in result.errors:
-                error = result.errors[key]
-                outcomes.append(
-                    _Outcome(submission, error=error, unknown=isinstance(error, OutcomeUnknown))
-                )
-            elif (lead_id := plan.created_id(result.results.get(key))) is not None:
-                outcomes.append(_Outcome(submission, lead_id=lead_id))
-            else:
-                error = OutcomeUnknown("the add returned no id", method="crm.lead.add")
-                outcomes.append(_Outcome(submission, error=error, unknown=True))
-        return outcomes
+    def _read_steps(self, job: _Job, result: BatchResult, *, halted: bool) -> bool:
+        """Take the ids the steps produced; returns whether the batch halted by now."""
+        for step in job.plan.steps:
+            if step.key in result.errors:
+                error = result.errors[step.key]
+                job.error = error
+                job.unknown = job.unknown or isinstance(error, OutcomeUnknown)
+                if step.role == "trace" and isinstance(error, RejectedError):
+                    self._trace_rejected(job, error)
+                return True
+            new_id = plan.created_id(result.results.get(step.key))
+            if step.key in result.results and new_id is not None:
+                job.known[step.role] = new_id
+                continue
+            if step.key in result.results or not halted:
+                # Answered without an id, or missing from a batch that did not stop: unknown.
+                job.error = OutcomeUnknown("the portal returned no id", method=step.command)
+                job.unknown = True
+                return halted
+            job.error = Halted("not run: an earlier command of the batch failed")
+            return True
+        return halted
 
-    async def _record(self, outcome: _Outcome, *, started: datetime) -> None:
-        submission = outcome.submission
+    def _trace_rejected(self, job: _Job, error: BitrixError) -> None:
+        """The portal refused the trace (§8.3): the records exist; retry only the trace step,
+        with a UTM-only trace (§8.4). Never repeat the creates."""
+        if job.submission.trace_problem == plan.TRACE_REJECTED:
+            return  # the UTM-only trace was refused too: a permanent failure
+        job.trace_problem = plan.TRACE_REJECTED
+        job.error = Halted(f"trace rejected, retrying with UTM only: {error.description}")
+
+    # ------------------------------------------------------------------ recording
+
+    async def _record(self, job: _Job, *, started: datetime) -> None:
+        submission = job.submission
         now = self.clock()
-        duration_ms = int((now - started).total_seconds() * 1000)
-        if outcome.lead_id is not None:
+        fields: dict[str, object] = {
+            "submission_id": submission.id,
+            "attempt": submission.attempts,
+            "duration_ms": int((now - started).total_seconds() * 1000),
+        }
+        if job.error is None:
             await self.store.record_delivered(
                 submission.id,
-                bitrix_ids={"lead": outcome.lead_id},
+                bitrix_ids=job.known,
                 attempt=AttemptRecord(submission.attempts, started, now, "delivered"),
                 now=now,
             )
-            log.info(
-                "delivery.delivered",
-                extra={
-                    "submission_id": submission.id,
-                    "attempt": submission.attempts,
-                    "duration_ms": duration_ms,
-                },
-            )
+            log.info("delivery.delivered", extra=fields)
             return
-        error = outcome.error or OutcomeUnknown("no outcome recorded")
+        error = job.error
+        fields["error_code"] = error.label
         excerpt = error.excerpt or error.description
         next_at = self.config.policy.next_attempt(
             error,
@@ -203,18 +259,15 @@ class Worker:
             now=now,
             rng=self.rng,
         )
-        fields = {
-            "submission_id": submission.id,
-            "attempt": submission.attempts,
-            "error_code": error.label,
-            "duration_ms": duration_ms,
-        }
+        if job.trace_problem is not None:
+            next_at = now  # only the trace step is left, with a different trace
         if next_at is None:
             await self.store.mark_failed(
                 submission.id,
                 error=error.description,
                 error_code=error.label,
-                outcome_unknown=outcome.unknown,
+                outcome_unknown=job.unknown,
+                bitrix_ids=job.known,
                 attempt=AttemptRecord(
                     submission.attempts, started, now, "failed", error.label, excerpt
                 ),
@@ -227,9 +280,26 @@ class Worker:
             next_attempt_at=next_at,
             error=error.description,
             error_code=error.label,
-            outcome_unknown=outcome.unknown,
+            outcome_unknown=job.unknown,
+            bitrix_ids=job.known,
+            trace_problem=job.trace_problem,
             attempt=AttemptRecord(submission.attempts, started, now, "retry", error.label, excerpt),
             now=now,
         )
         fields["retry_in_ms"] = int((next_at - now).total_seconds() * 1000)
         log.warning("delivery.retry_scheduled", extra=fields)
+
+
+def _chunks(entries: Iterable[tuple[T, int]]) -> Iterator[list[T]]:
+    """Group (item, command count) entries so that no batch exceeds 50 commands; an item's
+    commands stay together in one batch."""
+    chunk: list[T] = []
+    size = 0
+    for item, count in entries:
+        if chunk and size + count > MAX_BATCH_COMMANDS:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += count
+    if chunk:
+        yield chunk

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.forms import Form, first, map_lead, missing_required, non_empty
+from app.forms import Form, first, map_submission, missing_required, non_empty
 from app.intake.body import JSON_TYPE, BodyError, parse_body
 from app.settings import Settings
 from app.store import NewSubmission, Status, Store, Submission
@@ -103,7 +103,7 @@ async def submit(form_id: str, request: Request) -> Response:
         return existing if isinstance(existing, Response) else _answer(form, existing, wants_html)
 
     spam = bool(form.honeypot and first(fields, form.honeypot))
-    crm = {"lead": map_lead(form, fields, trace_utm=trace.utm)}
+    crm = map_submission(form, fields, trace_utm=trace.utm)
     new = NewSubmission(
         id=str(uuid.uuid4()),
         form_id=form.id,

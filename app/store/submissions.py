@@ -324,8 +324,13 @@ class Store:
         attempt: AttemptRecord,
         now: datetime,
         bitrix_ids: Mapping[str, int] | None = None,
+        trace_problem: str | None = None,
     ) -> None:
-        """Record a transient failure and when to try again (a decision, never a sleep)."""
+        """Record a transient failure and when to try again (a decision, never a sleep).
+
+        `outcome_unknown` replaces the stored flag: the caller knows whether a create may
+        have run unseen (True) or whether look-ups settled it (False).
+        """
         async with self.engine.begin() as conn:
             if bitrix_ids:
                 await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
@@ -336,10 +341,11 @@ class Store:
                     status=Status.DELIVERING.value,
                     next_attempt_at=next_attempt_at,
                     lease_until=None,
-                    **({"outcome_unknown": True} if outcome_unknown else {}),
+                    outcome_unknown=outcome_unknown,
                     last_error=_excerpt(error),
                     last_error_code=error_code,
                     updated_at=now,
+                    **({"trace_problem": trace_problem} if trace_problem else {}),
                 )
             )
             await self._add_attempt(conn, submission_id, attempt)
@@ -364,7 +370,7 @@ class Store:
                 .values(
                     status=Status.FAILED.value,
                     lease_until=None,
-                    **({"outcome_unknown": True} if outcome_unknown else {}),
+                    outcome_unknown=outcome_unknown,
                     last_error=_excerpt(error),
                     last_error_code=error_code,
                     updated_at=now,
