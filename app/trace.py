@@ -66,12 +66,18 @@ def check_trace(raw: object, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> Tra
     if len(raw.encode("utf-8")) > max_bytes:
         return Trace(problem=TraceProblem.TOO_LARGE)
     try:
-        parsed = json.loads(raw)
+        parsed = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return Trace(problem=TraceProblem.NOT_JSON)
     if not isinstance(parsed, dict):
         return Trace(problem=TraceProblem.NOT_OBJECT)
     return Trace(value=raw, utm=utm_from_trace(parsed))
+
+
+def _reject_constant(name: str) -> object:
+    # Python reads NaN and Infinity; PHP's json_decode does not, so the portal would drop
+    # such a trace silently (§8.2): treat it as not JSON.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _from_object(text: str, parsed: dict[str, object], max_bytes: int) -> Trace:

@@ -41,6 +41,8 @@ def test_whitespace_and_key_order_are_not_rewritten() -> None:
         ("-3", Trace(problem=TraceProblem.NOT_OBJECT)),
         ("{broken", Trace(problem=TraceProblem.NOT_JSON)),
         ("not json at all", Trace(problem=TraceProblem.NOT_JSON)),
+        ('{"a": NaN}', Trace(problem=TraceProblem.NOT_JSON)),
+        ('{"a": -Infinity}', Trace(problem=TraceProblem.NOT_JSON)),
         ([1], Trace(problem=TraceProblem.NOT_OBJECT)),
         (1.5, Trace(problem=TraceProblem.NOT_OBJECT)),
     ],
