@@ -1,0 +1,8 @@
+"""A faithful in-memory Bitrix24 incoming-webhook REST emulator (bitrix24-api.md §11.1), for sandbox
+mode, the demo and the tests. Standalone: it imports nothing from the rest of `app`.
+"""
+
+from app.sandbox.app import create_emulator_app
+from app.sandbox.emulator import Emulator, EmulatorConfig
+
+__all__ = ["Emulator", "EmulatorConfig", "create_emulator_app"]

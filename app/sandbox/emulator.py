@@ -1,0 +1,355 @@
+"""The Bitrix24 emulator without HTTP: configuration, state, and the dispatcher that checks
+credentials, scopes, the leaky bucket and the operating budget before running a method
+(bitrix24-api.md §1, §2, §4, §11.1). It keeps a request log for tests.
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+
+from app.sandbox import crm, tracking
+from app.sandbox.batch import commands_of, normalise_method, run_batch, split_command
+from app.sandbox.entities import ENTITY_TYPES, EntityType
+from app.sandbox.errors import (
+    RestError,
+    insufficient_scope,
+    invalid_credentials,
+    method_not_found,
+    operation_time_limit,
+    query_limit_exceeded,
+)
+from app.sandbox.faults import FaultAnswer, Faults
+from app.sandbox.limits import LeakyBucket, OperationMeter
+from app.sandbox.listing import Page
+from app.sandbox.params import Params
+from app.sandbox.store import Store
+
+REQUEST_LOG_SIZE = 10_000
+Handler = Callable[[Params], object]
+
+
+@dataclass
+class EmulatorConfig:
+    user_id: int = 1
+    secret: str = "sandbox"  # noqa: S105 - the sandbox webhook code, public by design
+    # The webhook's scopes; "basic" (profile, scope, batch) is always granted.
+    scopes: tuple[str, ...] = ("crm", "user", "basic")
+    rate_per_second: float = 2.0  # leaky bucket drain (§4.1); 0 turns the limit off
+    burst: int = 50  # leaky bucket size (§4.1)
+    operation_limit_seconds: float | None = None  # per-method budget over 10 min (§4.2); None = off
+    operation_cost_seconds: float = 0.05  # simulated execution time each method call adds
+    seed: int | None = None  # for the random failures of fault injection
+
+
+@dataclass(frozen=True)
+class _Method:
+    scope: str
+    handler: Handler
+    metered: bool = True  # counts against the operating budget (the outer batch does not, §4.2)
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """One REST request's answer; `executed` when a method actually ran (state may have changed)."""
+
+    status: int
+    body: dict[str, object]
+    executed: bool
+
+
+@dataclass
+class _Activity:
+    requests: deque[dict[str, object]] = field(
+        default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE)
+    )
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class Emulator:
+    """State and REST methods of one emulated portal with one incoming webhook.
+
+    Everything runs under one re-entrant lock, so tests may read the state from another thread.
+    `clock` (monotonic) drives the leaky bucket; `wall_clock` the `time` objects and the budget.
+    """
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or EmulatorConfig()
+        self._wall = wall_clock
+        self._lock = threading.RLock()
+        self._bucket = LeakyBucket(clock)
+        self._meter = OperationMeter()
+        self._activity = _Activity()
+        self.store = Store()
+        self.faults = Faults()
+        self._rng = random.Random(self.config.seed)  # noqa: S311 - fault injection, not security
+        self._methods = self._method_table()
+
+    # --- the REST surface ----------------------------------------------------------------------
+
+    def handle(self, method: str, params: Params) -> tuple[int, dict[str, object]]:
+        """Run one REST method with parsed params: (HTTP status, body before PHP-JSON shaping).
+
+        Scopes and the operating budget apply; credentials and the leaky bucket do not (they
+        belong to the HTTP request, see `http_call`).
+        """
+        with self._lock:
+            status, body, _ = self._dispatch(normalise_method(method), params)
+            return status, body
+
+    def http_call(self, user_id: str, secret: str, method: str, params: Params) -> CallOutcome:
+        """One HTTP request to `/rest/{user_id}/{secret}/{method}`: credentials, bucket, method."""
+        with self._lock:
+            name = normalise_method(method)
+            counts = self._activity.counts
+            counts["requests"] += 1
+            executed = False
+            if not self._authorised(user_id, secret):
+                counts["rejected_auth"] += 1
+                status, body = _error(invalid_credentials())
+            elif not self._bucket.admit(rate=self.config.rate_per_second, burst=self.config.burst):
+                counts["rejected_rate_limit"] += 1
+                status, body = _error(query_limit_exceeded())
+            else:
+                status, body, executed = self._dispatch(name, params)
+            commands: list[str] = []
+            if name == "batch":
+                counts["batch"] += 1
+                commands = [split_command(command)[0] for _, command in commands_of(params)]
+            if status != 200:
+                counts["errors"] += 1
+            self._log(name, status, error=body.get("error"), commands=commands)
+            return CallOutcome(status, body, executed)
+
+    # --- fault injection -----------------------------------------------------------------------
+
+    def injected_failure(self, method: str) -> FaultAnswer | None:
+        """An outage or random failure answer for this request, logged; None to proceed."""
+        with self._lock:
+            answer = self.faults.rejection(self._rng)
+            if answer is not None:
+                self._activity.counts["requests"] += 1
+                self._activity.counts[f"fault_{answer.kind}"] += 1
+                self._log(normalise_method(method), answer.status, fault=answer.kind)
+            return answer
+
+    def take_lost_response(self) -> bool:
+        """True when this executed call's answer must be lost (consumes one `lose_responses`)."""
+        with self._lock:
+            if self.faults.lose_responses <= 0:
+                return False
+            self.faults.lose_responses -= 1
+            self._activity.counts["lost_responses"] += 1
+            if self._activity.requests:
+                self._activity.requests[-1]["fault"] = "lost"
+            return True
+
+    def update_faults(self, changes: Mapping[str, object]) -> dict[str, object]:
+        with self._lock:
+            self.faults.update(changes)
+            return self.faults.snapshot()
+
+    # --- control -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget records, traces, counters, the request log and faults; ids restart at 1."""
+        with self._lock:
+            self.store = Store()
+            self.faults = Faults()
+            self._activity = _Activity()
+            self._bucket.empty()
+            self._meter.clear()
+            self._rng = random.Random(self.config.seed)  # noqa: S311 - as in __init__
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything a test may want to assert on, as plain JSON (no PHP-JSON shaping)."""
+        with self._lock:
+            state = self.store.snapshot()
+            state["requests"] = [dict(entry) for entry in self._activity.requests]
+            state["counts"] = dict(self._activity.counts)
+            state["faults"] = self.faults.snapshot()
+            return state
+
+    def config_snapshot(self) -> dict[str, object]:
+        with self._lock:
+            out = asdict(self.config)
+            out["scopes"] = list(self.config.scopes)
+            return out
+
+    def update_config(self, changes: Mapping[str, object]) -> dict[str, object]:
+        """Change rate_per_second, burst, secret, scopes or the operating limits at run time."""
+        with self._lock:
+            validated = _config_changes(changes)
+            config = replace(self.config)  # never mutate the object the caller passed in
+            for key, value in validated.items():
+                setattr(config, key, value)
+            self.config = config
+            return self.config_snapshot()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _authorised(self, user_id: str, secret: str) -> bool:
+        same_user = user_id.strip() == str(self.config.user_id)
+        same_secret = hmac.compare_digest(secret.encode(), self.config.secret.encode())
+        return same_user and same_secret
+
+    def _dispatch(self, method: str, params: Params) -> tuple[int, dict[str, object], bool]:
+        spec = self._methods.get(method)
+        if spec is None:
+            return (*_error(method_not_found()), False)
+        if spec.scope != "basic" and spec.scope not in self.config.scopes:
+            return (*_error(insufficient_scope()), False)
+        start = self._wall()
+        limit = self.config.operation_limit_seconds
+        if spec.metered and limit is not None and self._meter.operating(method, start) > limit:
+            self._activity.counts["operation_time_limited"] += 1
+            return (*_error(operation_time_limit()), False)
+        self._activity.counts["calls"] += 1
+        started = time.perf_counter()
+        try:
+            result = spec.handler(params)
+        except RestError as exc:
+            status, body = _error(exc)
+        else:
+            status, body = 200, {}
+            if isinstance(result, Page):
+                body["result"] = result.rows
+                if result.next is not None:
+                    body["next"] = result.next
+                if result.total is not None:
+                    body["total"] = result.total
+            else:
+                body["result"] = result
+        processing = time.perf_counter() - started
+        if spec.metered:
+            self._meter.record(method, start, self.config.operation_cost_seconds)
+        if status == 200:
+            body["time"] = self._time(method, start, processing)
+        return status, body, True
+
+    def _time(self, method: str, start: float, processing: float) -> dict[str, object]:
+        """The `time` object of a success (§2.1); the portal's timezone is UTC here."""
+        finish = max(self._wall(), start)
+        return {
+            "start": start,
+            "finish": finish,
+            "duration": finish - start,
+            "processing": processing,
+            "date_start": crm.iso(start),
+            "date_finish": crm.iso(finish),
+            "operating_reset_at": self._meter.reset_at(method, finish),
+            "operating": self._meter.operating(method, finish),
+        }
+
+    def _log(
+        self,
+        method: str,
+        status: int,
+        *,
+        error: object = None,
+        commands: list[str] | None = None,
+        fault: str | None = None,
+    ) -> None:
+        self._activity.requests.append(
+            {
+                "method": method,
+                "status": status,
+                "error": error,
+                "commands": commands or [],
+                "fault": fault,
+                "at": self._wall(),
+            }
+        )
+
+    def _method_table(self) -> dict[str, _Method]:
+        table: dict[str, _Method] = {
+            "profile": _Method("basic", lambda _: crm.profile(self.config.user_id)),
+            "scope": _Method("basic", lambda _: list(self.config.scopes)),
+            "batch": _Method("basic", self._batch, metered=False),
+            "crm.duplicate.findbycomm": _Method("crm", lambda p: crm.find_by_comm(self.store, p)),
+            "crm.status.list": _Method("crm", crm.status_list),
+            "crm.tracking.trace.add": _Method(
+                "crm", lambda p: tracking.trace_add(self.store, p, created_at=crm.iso(self._wall()))
+            ),
+            "crm.tracking.trace.delete": _Method(
+                "crm", lambda p: tracking.trace_delete(self.store, p)
+            ),
+        }
+        for entity in ENTITY_TYPES.values():
+            prefix = f"crm.{entity.name}."
+            table[prefix + "add"] = _Method("crm", partial(self._add, entity))
+            table[prefix + "get"] = _Method("crm", partial(self._get, entity))
+            table[prefix + "list"] = _Method("crm", partial(self._list, entity))
+            table[prefix + "fields"] = _Method("crm", partial(self._fields, entity))
+        return table
+
+    def _add(self, entity: EntityType, params: Params) -> object:
+        return crm.add(self.store, entity, params, user_id=self.config.user_id, now=self._wall())
+
+    def _get(self, entity: EntityType, params: Params) -> object:
+        return crm.get(self.store, entity, params)
+
+    def _list(self, entity: EntityType, params: Params) -> object:
+        return crm.list_records(self.store, entity, params)
+
+    def _fields(self, entity: EntityType, params: Params) -> object:
+        return crm.describe_fields(entity)
+
+    def _batch(self, params: Params) -> object:
+        def execute(method: str, command_params: Params) -> tuple[int, dict[str, object]]:
+            status, body, _ = self._dispatch(method, command_params)
+            return status, body
+
+        return run_batch(params, execute)
+
+
+def _error(exc: RestError) -> tuple[int, dict[str, object]]:
+    return exc.status, exc.body()
+
+
+def _config_changes(changes: Mapping[str, object]) -> dict[str, object]:
+    """Validate a /_control/config body; raises ValueError naming the bad key."""
+    allowed = {
+        "rate_per_second",
+        "burst",
+        "secret",
+        "scopes",
+        "operation_limit_seconds",
+        "operation_cost_seconds",
+    }
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    out: dict[str, object] = {}
+    for key, value in changes.items():
+        if key == "secret":
+            if not isinstance(value, str) or not value:
+                raise ValueError("secret must be a non-empty string")
+            out[key] = value
+        elif key == "scopes":
+            if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+                raise ValueError("scopes must be a list of strings")
+            out[key] = tuple(value)
+        elif key == "burst":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError("burst must be a non-negative integer")
+            out[key] = value
+        elif value is None and key == "operation_limit_seconds":
+            out[key] = None
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"{key} must be a non-negative number")
+        else:
+            out[key] = float(value)
+    return out
