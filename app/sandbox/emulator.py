@@ -216,6 +216,9 @@ class Emulator:
         if spec.metered and limit is not None and self._meter.operating(method, start) > limit:
             self._activity.counts["operation_time_limited"] += 1
             return (*_error(operation_time_limit()), False)
+        if (injected := self.faults.take_method_failure(method)) is not None:
+            self._activity.counts["fault_method"] += 1
+            return (*injected, False)
         self._activity.counts["calls"] += 1
         started = time.perf_counter()
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from app.sandbox.errors import internal_error
 
@@ -45,12 +45,18 @@ class Faults:
     latency_ms: int = 0  # delay before every REST answer
     lose_responses: int = 0  # the next N executed calls are committed, then the connection drops
     hang_seconds: float = 0.0  # executed calls wait this long before answering
+    # Per method, directly or inside a batch: the next `count` calls fail with this error
+    # instead of running: {"crm.deal.add": {"count": 1, "error": "", "description": "…",
+    # "status": 400}}. Lets tests fail one step of a package (a rejected trace, a limit).
+    fail_methods: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def update(self, changes: Mapping[str, object]) -> None:
         """Apply a partial update; omitted keys keep their value. Raises ValueError."""
         unknown = set(changes) - set(asdict(self))
         if unknown:
             raise ValueError(f"unknown fault keys: {', '.join(sorted(unknown))}")
+        if "fail_methods" in changes:
+            self.fail_methods = _method_failures(changes["fail_methods"])
         outage = changes.get("outage", self.outage)
         rate = _number(changes.get("failure_rate", self.failure_rate), "failure_rate")
         latency = _number(changes.get("latency_ms", self.latency_ms), "latency_ms")
@@ -70,6 +76,21 @@ class Faults:
     def snapshot(self) -> dict[str, object]:
         return asdict(self)
 
+    def take_method_failure(self, method: str) -> tuple[int, dict[str, object]] | None:
+        """The injected error for this call of `method`, counting it down; None to run it."""
+        spec = self.fail_methods.get(method)
+        if spec is None:
+            return None
+        remaining = int(spec["count"])  # type: ignore[call-overload]
+        if remaining <= 0:
+            return None
+        spec["count"] = remaining - 1
+        body: dict[str, object] = {
+            "error": spec["error"],
+            "error_description": spec["description"],
+        }
+        return int(spec["status"]), body  # type: ignore[call-overload]
+
     def rejection(self, rng: random.Random) -> FaultAnswer | None:
         """The answer for a request refused before it runs, or None to let it through."""
         if self.outage:
@@ -83,6 +104,26 @@ class Faults:
                 )
             )
         return None
+
+
+def _method_failures(value: object) -> dict[str, dict[str, object]]:
+    if not isinstance(value, dict):
+        raise ValueError("fail_methods must be an object of method -> failure")
+    failures: dict[str, dict[str, object]] = {}
+    for method, spec in value.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"fail_methods[{method}] must be an object")
+        count = spec.get("count", 1)
+        status = spec.get("status", 400)
+        if not isinstance(count, int) or count < 0 or not isinstance(status, int):
+            raise ValueError(f"fail_methods[{method}]: count and status must be integers")
+        failures[str(method).lower()] = {
+            "count": count,
+            "status": status,
+            "error": str(spec.get("error", "")),
+            "description": str(spec.get("description", "Injected failure.")),
+        }
+    return failures
 
 
 def _number(value: object, name: str) -> float:

@@ -1,0 +1,277 @@
+"""Deals with their contact and company under one trace, each record created exactly once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.store import Status, Store
+from tests.conftest import Gateway, Portal, wait_for
+
+MakeGateway = Callable[..., Awaitable[Gateway]]
+FIXTURES = Path(__file__).parent / "fixtures" / "traces.jsonl"
+PAID_SEARCH = [json.loads(line)["trace"] for line in FIXTURES.read_text().splitlines()][3]
+
+FORMS = """
+[forms.order]
+entity = "deal"
+title = "Order: {product}"
+[forms.order.defaults]
+CATEGORY_ID = 3
+STAGE_ID = "C3:NEW"
+ASSIGNED_BY_ID = 5
+[forms.order.fields]
+budget = "OPPORTUNITY"
+
+[forms.order_always]
+entity = "deal"
+contact = "always_create"
+company = "find_or_create"
+
+[forms.order_new]
+entity = "deal"
+contact = "always_create"
+
+[forms.bare_deal]
+entity = "deal"
+contact = "none"
+company = "none"
+
+[forms.subscribe]
+entity = "contact"
+required = ["email"]
+
+[forms.estimate]
+entity = "quote"
+"""
+
+ORDER = {
+    "name": "Ann",
+    "last_name": "Example",
+    "phone": "+49 170 1234567",
+    "email": "ann@example.com",
+    "company": "ACME GmbH",
+    "product": "Boiler",
+    "budget": "1500",
+    "message": "Installation in May",
+    "trace": PAID_SEARCH,
+}
+
+
+@pytest.fixture
+async def gateway(portal: Portal, make_gateway: MakeGateway, tmp_path: Path) -> Gateway:
+    forms = tmp_path / "forms.toml"
+    forms.write_text(FORMS)
+    return await make_gateway(portal, FORMS_FILE=str(forms))
+
+
+async def submit(gateway: Gateway, form: str, fields: dict[str, str]) -> str:
+    async with gateway.client() as client:
+        response = await client.post(f"/forms/{form}", data=fields)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+async def delivered(store: Store, submission_id: str) -> Any:
+    row = await store.get(submission_id)
+    return row if row is not None and row.status is Status.DELIVERED else None
+
+
+def by_origin(portal: Portal, entity: str, origin_id: str) -> list[dict[str, Any]]:
+    return [r for r in portal.records(entity) if r.get("ORIGIN_ID") == origin_id]
+
+
+def package_traces(portal: Portal) -> list[dict[str, Any]]:
+    """Traces made by crm.tracking.trace.add (not the automatic ones of each add, §8.2)."""
+    return [
+        t for t in portal.state()["traces"] if t["CREATED_BY_METHOD"] == "crm.tracking.trace.add"
+    ]
+
+
+def create_record(portal: Portal, entity: str, **fields: Any) -> int:
+    """A record that exists in the portal before the gateway delivers anything."""
+    response = httpx.post(portal.webhook_url + f"crm.{entity}.add", json={"fields": fields})
+    response.raise_for_status()
+    return int(response.json()["result"])
+
+
+async def test_a_deal_package_is_created_once_with_one_trace_linking_all(
+    portal: Portal, gateway: Gateway
+) -> None:
+    submission_id = await submit(gateway, "order", ORDER)
+    store = await gateway.store()
+    row = await wait_for(lambda: delivered(store, submission_id))
+
+    [deal] = by_origin(portal, "deal", submission_id)
+    [contact] = by_origin(portal, "contact", f"{submission_id}:contact")
+    [company] = by_origin(portal, "company", f"{submission_id}:company")
+    assert len(portal.records("deal")) == len(portal.records("contact")) == 1
+    assert deal["TITLE"] == "Order: Boiler"
+    assert (deal["CATEGORY_ID"], deal["STAGE_ID"], deal["OPPORTUNITY"]) == ("3", "C3:NEW", "1500")
+    assert deal["COMMENTS"] == "Installation in May\n\nproduct: Boiler"
+    assert int(deal["CONTACT_ID"]) == contact["ID"]
+    assert int(deal["COMPANY_ID"]) == company["ID"]
+    assert int(contact["COMPANY_ID"]) == company["ID"]
+    assert contact["NAME"] == "Ann" and contact["LAST_NAME"] == "Example"
+    assert [p["VALUE"] for p in contact["PHONE"]] == ["+49 170 1234567"]
+    assert company["TITLE"] == "ACME GmbH"
+    for record in (deal, contact, company):
+        assert record["ORIGINATOR_ID"] == "b24-form-gateway"
+        assert (record["UTM_SOURCE"], record["UTM_MEDIUM"], record["UTM_CAMPAIGN"]) == (
+            "google",
+            "cpc",
+            "spring",
+        )
+        assert "TRACE" not in record  # the trace goes in the trace step, not on the adds
+
+    [trace] = package_traces(portal)
+    assert trace["TRACE"] == PAID_SEARCH  # byte for byte
+    assert sorted((e["TYPE"], int(e["ID"])) for e in trace["ENTITIES"]) == sorted(
+        [("DEAL", deal["ID"]), ("CONTACT", contact["ID"]), ("COMPANY", company["ID"])]
+    )
+    assert row.bitrix_ids == {
+        "company": company["ID"],
+        "contact": contact["ID"],
+        "deal": deal["ID"],
+        "trace": trace["ID"],
+    }
+    # A lone deal package: the look-up, then one batch.
+    assert [r["method"] for r in portal.state()["requests"]] == ["batch", "batch"]
+
+
+async def test_an_existing_contact_is_reused_and_linked_to_the_trace(
+    portal: Portal, gateway: Gateway
+) -> None:
+    existing = create_record(
+        portal,
+        "contact",
+        NAME="Ann",
+        PHONE=[{"VALUE": "+49 (170) 123-45-67", "VALUE_TYPE": "MOBILE"}],
+    )
+    submission_id = await submit(gateway, "order", ORDER)
+    store = await gateway.store()
+    row = await wait_for(lambda: delivered(store, submission_id))
+    assert len(portal.records("contact")) == 1  # no second contact
+    [deal] = by_origin(portal, "deal", submission_id)
+    assert int(deal["CONTACT_ID"]) == existing
+    [trace] = package_traces(portal)
+    assert ("CONTACT", existing) in [(e["TYPE"], int(e["ID"])) for e in trace["ENTITIES"]]
+    assert row.bitrix_ids["contact"] == existing
+
+
+async def test_always_create_makes_a_new_contact_and_find_or_create_reuses_the_company(
+    portal: Portal, gateway: Gateway
+) -> None:
+    phone = [{"VALUE": "+491701234567", "VALUE_TYPE": "WORK"}]
+    create_record(portal, "contact", NAME="Ann", PHONE=phone)
+    company_id = create_record(portal, "company", TITLE="ACME GmbH")
+    submission_id = await submit(gateway, "order_always", ORDER)
+    store = await gateway.store()
+    await wait_for(lambda: delivered(store, submission_id))
+    assert len(portal.records("contact")) == 2
+    assert len(portal.records("company")) == 1
+    [deal] = by_origin(portal, "deal", submission_id)
+    assert int(deal["COMPANY_ID"]) == company_id
+
+
+async def test_a_deal_without_contact_or_company_carries_its_trace_on_the_add(
+    portal: Portal, gateway: Gateway
+) -> None:
+    submission_id = await submit(gateway, "bare_deal", ORDER)
+    store = await gateway.store()
+    await wait_for(lambda: delivered(store, submission_id))
+    assert portal.records("contact") == [] and portal.records("company") == []
+    [deal] = by_origin(portal, "deal", submission_id)
+    assert deal["TRACE"] == PAID_SEARCH
+    assert len(portal.state()["requests"]) == 1
+
+
+@pytest.mark.parametrize(("form", "entity"), [("subscribe", "contact"), ("estimate", "quote")])
+async def test_contact_and_quote_forms_make_one_record_with_the_trace(
+    portal: Portal, gateway: Gateway, form: str, entity: str
+) -> None:
+    submission_id = await submit(gateway, form, ORDER)
+    store = await gateway.store()
+    row = await wait_for(lambda: delivered(store, submission_id))
+    [record] = by_origin(portal, entity, submission_id)
+    assert record["TRACE"] == PAID_SEARCH
+    assert record["UTM_SOURCE"] == "google"
+    assert row.bitrix_ids == {entity: record["ID"]}
+
+
+async def test_a_lost_answer_to_the_package_creates_nothing_twice_and_repeats_the_trace(
+    portal: Portal, gateway: Gateway
+) -> None:
+    portal.faults(lose_responses=1)  # no look-up phase here: the first call is the package
+    submission_id = await submit(gateway, "order_new", ORDER)
+    store = await gateway.store()
+    await wait_for(lambda: delivered(store, submission_id))
+    assert len(by_origin(portal, "deal", submission_id)) == 1
+    assert len(by_origin(portal, "contact", f"{submission_id}:contact")) == 1
+    assert len(by_origin(portal, "company", f"{submission_id}:company")) == 1
+    # The same trace linked twice is preferred to a package without its trace.
+    traces = package_traces(portal)
+    assert [t["TRACE"] for t in traces] == [PAID_SEARCH, PAID_SEARCH]
+    commands = [c for r in portal.state()["requests"] for c in r.get("commands", [])]
+    assert commands.count("crm.deal.add") == 1
+    assert commands.count("crm.deal.list") == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "looked_up"),
+    [("QUERY_LIMIT_EXCEEDED", 503, False), ("INTERNAL_SERVER_ERROR", 500, True)],
+)
+async def test_after_a_partial_failure_the_next_attempt_resumes_at_the_failed_step(
+    portal: Portal, gateway: Gateway, error: str, status: int, looked_up: bool
+) -> None:
+    portal.faults(
+        fail_methods={
+            "crm.deal.add": {"count": 1, "status": status, "error": error, "description": "x"}
+        }
+    )
+    submission_id = await submit(gateway, "order", ORDER)
+    store = await gateway.store()
+    row = await wait_for(lambda: delivered(store, submission_id), within=20)
+    assert len(portal.records("contact")) == len(portal.records("company")) == 1
+    assert len(portal.records("deal")) == 1
+    attempts = await store.attempts_of(submission_id)
+    assert [a.outcome for a in attempts] == ["retry", "delivered"]
+    assert attempts[0].error_code == error
+    commands = [c for r in portal.state()["requests"] for c in r.get("commands", [])]
+    assert commands.count("crm.contact.add") == 1 and commands.count("crm.company.add") == 1
+    # An add that may have run is looked up by ORIGIN_ID; one refused unrun is not.
+    assert ("crm.deal.list" in commands) is looked_up
+    assert set(row.bitrix_ids) == {"company", "contact", "deal", "trace"}
+
+
+async def test_a_rejected_trace_is_retried_alone_with_a_utm_only_trace(
+    portal: Portal, gateway: Gateway
+) -> None:
+    portal.faults(
+        fail_methods={
+            "crm.tracking.trace.add": {
+                "count": 1,
+                "status": 400,
+                "error": "ERROR_CORE",
+                "description": "Can not parse JSON in parameter `TRACE`.",
+            }
+        }
+    )
+    submission_id = await submit(gateway, "order", ORDER)
+    store = await gateway.store()
+    row = await wait_for(lambda: delivered(store, submission_id))
+    assert len(portal.records("deal")) == len(portal.records("contact")) == 1
+    [trace] = package_traces(portal)
+    assert json.loads(trace["TRACE"]) == {
+        "tags": {"list": {"utm_source": "google", "utm_medium": "cpc", "utm_campaign": "spring"}}
+    }
+    assert len(trace["ENTITIES"]) == 3
+    assert row.trace_problem == "trace_rejected"
+    commands = [c for r in portal.state()["requests"] for c in r.get("commands", [])]
+    assert commands.count("crm.deal.add") == 1
+    assert commands.count("crm.tracking.trace.add") == 2
