@@ -1,0 +1,198 @@
+"""The newcomer's path: `b24-form-gateway serve` in an empty folder runs in sandbox mode, and a
+posted form shows up on the sandbox page; `uvicorn app.main:app` works too; bad settings stop
+start-up with a message naming the variable; secrets and personal data stay out of the log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.pages import SAMPLE_TRACE
+from tests.servers import free_port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("B24_", "DATABASE_URL"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[str]
+    log_path: Path
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+@contextmanager
+def process(args: list[str], cwd: Path, env: dict[str, str]) -> Iterator[Process]:
+    log_path = cwd / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            yield Process(proc, log_path)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_healthy(url: str, running: Process) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if running.proc.poll() is not None:
+            raise AssertionError(f"exited with {running.proc.returncode}:\n{running.output}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("no /healthz within 30 s")
+
+
+def console_script() -> str:
+    return str(Path(sys.executable).parent / "b24-form-gateway")
+
+
+def test_serve_in_an_empty_folder_runs_in_sandbox_mode_and_shows_the_lead(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [console_script(), "serve", "--port", str(port)]
+    with process(command, tmp_path, clean_env()) as proc:
+        wait_healthy(url, proc)
+        index = httpx.get(url + "/")
+        assert "Sandbox mode" in index.text
+        # The demo page's own form: an HTML post with the sample trace.
+        page = httpx.post(
+            url + "/forms/contact",
+            data={"name": "Demo", "phone": "+49 170 1234567", "trace": SAMPLE_TRACE},
+            headers={"Accept": "text/html"},
+        )
+        assert page.status_code == 200 and "Thank you" in page.text
+        accepted = httpx.post(url + "/forms/contact", json={"email": "demo@example.com"})
+        submission_id = accepted.json()["id"]
+
+        deadline = time.monotonic() + 15
+        while submission_id not in httpx.get(url + "/sandbox/").text:
+            assert time.monotonic() < deadline, "the lead never appeared on the sandbox page"
+            time.sleep(0.1)
+        records = httpx.get(url + "/sandbox/_control/state").json()["records"]["lead"]
+        assert [r["TRACE"] for r in records if r.get("NAME") == "Demo"] == [SAMPLE_TRACE]
+        ready = httpx.get(url + "/readyz").json()
+        assert ready["sandbox"] is True and ready["database"] == "ok"
+    assert (tmp_path / "data" / "gateway.db").is_file()
+    assert "sandbox.mode" in proc.output
+
+
+def test_uvicorn_app_main_app_works(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
+    with process(command, tmp_path, clean_env()) as proc:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/forms/contact", json={"phone": "+15550001111"}
+        )
+        assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"PORT": "eighty"}, ["PORT"]),
+        ({"B24_WEBHOOK_URL": "http://portal.example/rest/1/s3cr3t/"}, ["B24_WEBHOOK_URL"]),
+        ({"FORMS_FILE": "forms.toml"}, ["forms.toml", "[forms.x]", "entity"]),
+    ],
+)
+def test_a_bad_setting_stops_start_up_naming_it(
+    tmp_path: Path, env: dict[str, str], names: list[str]
+) -> None:
+    (tmp_path / "forms.toml").write_text("[forms.x]\nentity = 'invoice'\n")
+    result = subprocess.run(
+        [console_script(), "serve"],
+        cwd=tmp_path,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    for name in names:
+        assert name in result.stderr
+    assert "s3cr3t" not in result.stderr
+
+
+def test_the_log_holds_no_secret_and_no_personal_data(tmp_path: Path) -> None:
+    # A real webhook URL (the emulator on loopback), and a submission full of personal data.
+    from app.sandbox import Emulator, EmulatorConfig, create_emulator_app
+    from tests.servers import running
+
+    emulator = Emulator(EmulatorConfig(secret="hush-hush-0042"))
+    with running(create_emulator_app(emulator)) as portal:
+        port = free_port()
+        env = clean_env(
+            B24_WEBHOOK_URL=f"{portal.url}/rest/1/hush-hush-0042/",
+            LOG_LEVEL="DEBUG",
+            LOG_FORMAT="json",
+        )
+        command = [console_script(), "serve", "--port", str(port)]
+        with process(command, tmp_path, env) as proc:
+            wait_healthy(f"http://127.0.0.1:{port}", proc)
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/forms/contact",
+                data={
+                    "name": "Zebulon",
+                    "phone": "+4917099887766",
+                    "email": "zebulon@example.org",
+                    "trace": '{"url":"https://private.example/"}',
+                },
+            )
+            assert response.status_code == 202
+            deadline = time.monotonic() + 15
+            while not emulator.snapshot()["records"]["lead"]:  # type: ignore[index]
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        log = proc.output
+    assert "delivery.delivered" in log
+    for secret in ("hush-hush-0042", "Zebulon", "4917099887766", "zebulon@", "private.example"):
+        assert secret not in log
+
+
+def test_the_emulator_runs_standalone(tmp_path: Path) -> None:
+    port = free_port()
+    command = [console_script(), "sandbox", "--port", str(port), "--secret", "local-code"]
+    with process(command, tmp_path, clean_env()) as proc:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.proc.poll() is None, proc.output
+            try:
+                response = httpx.post(
+                    f"{base}/rest/1/local-code/crm.lead.add.json",
+                    json={"fields": {"TITLE": "Hello", "PHONE": [{"VALUE": "+1 555 0100"}]}},
+                )
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "the emulator did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200 and response.json()["result"] == 1
+        wrong = httpx.post(f"{base}/rest/1/other/crm.lead.add", json={"fields": {}})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "INVALID_CREDENTIALS"
