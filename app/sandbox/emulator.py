@@ -146,15 +146,28 @@ class Emulator:
             return answer
 
     def take_lost_response(self) -> bool:
-        """True when this executed call's answer must be lost (consumes one `lose_responses`)."""
+        """True when this executed call's answer must be lost: one of `lose_responses`, or by
+        chance (`lose_add_rate`) when the call ran an add, alone or inside a batch."""
         with self._lock:
-            if self.faults.lose_responses <= 0:
+            if self.faults.lose_responses > 0:
+                self.faults.lose_responses -= 1
+            elif not (
+                self.faults.lose_add_rate > 0
+                and self._last_call_added()
+                and self._rng.random() < self.faults.lose_add_rate
+            ):
                 return False
-            self.faults.lose_responses -= 1
             self._activity.counts["lost_responses"] += 1
             if self._activity.requests:
                 self._activity.requests[-1]["fault"] = "lost"
             return True
+
+    def _last_call_added(self) -> bool:
+        if not self._activity.requests:
+            return False
+        entry = self._activity.requests[-1]
+        methods = [str(entry["method"]), *map(str, entry.get("commands") or [])]  # type: ignore[call-overload]
+        return any(m.endswith(".add") for m in methods)
 
     def update_faults(self, changes: Mapping[str, object]) -> dict[str, object]:
         with self._lock:

@@ -45,6 +45,7 @@ class Faults:
     latency_ms: int = 0  # delay before every REST answer
     lose_responses: int = 0  # the next N executed calls are committed, then the connection drops
     hang_seconds: float = 0.0  # executed calls wait this long before answering
+    lose_add_rate: float = 0.0  # this fraction of executed calls that ran an add lose their answer
     # Per method, directly or inside a batch: the next `count` calls fail with this error
     # instead of running: {"crm.deal.add": {"count": 1, "error": "", "description": "…",
     # "status": 400}}. Lets tests fail one step of a package (a rejected trace, a limit).
@@ -62,15 +63,17 @@ class Faults:
         latency = _number(changes.get("latency_ms", self.latency_ms), "latency_ms")
         lose = _number(changes.get("lose_responses", self.lose_responses), "lose_responses")
         hang = _number(changes.get("hang_seconds", self.hang_seconds), "hang_seconds")
+        lose_rate = _number(changes.get("lose_add_rate", self.lose_add_rate), "lose_add_rate")
         if not isinstance(outage, bool):
             raise ValueError("outage must be true or false")
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError("failure_rate must be between 0 and 1")
+        if not 0.0 <= rate <= 1.0 or not 0.0 <= lose_rate <= 1.0:
+            raise ValueError("failure_rate and lose_add_rate must be between 0 and 1")
         if latency < 0 or lose < 0 or hang < 0:
             raise ValueError("latency_ms, lose_responses and hang_seconds must not be negative")
         if int(latency) != latency or int(lose) != lose:
             raise ValueError("latency_ms and lose_responses must be integers")
         self.outage, self.failure_rate, self.hang_seconds = outage, rate, hang
+        self.lose_add_rate = lose_rate
         self.latency_ms, self.lose_responses = int(latency), int(lose)
 
     def snapshot(self) -> dict[str, object]:
