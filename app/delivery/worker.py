@@ -255,7 +255,7 @@ class Worker:
         next_at = self.config.policy.next_attempt(
             error,
             attempts=submission.attempts,
-            accepted_at=submission.created_at,
+            accepted_at=submission.horizon_start,
             now=now,
             rng=self.rng,
         )

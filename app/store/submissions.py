@@ -64,6 +64,12 @@ class Submission:
     last_error_code: str | None
     bitrix_ids: dict[str, int]
     delivered_at: datetime | None
+    retry_from: datetime | None = None
+
+    @property
+    def horizon_start(self) -> datetime:
+        """Where the retry horizon counts from: acceptance, or the last retry by hand."""
+        return self.retry_from or self.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +147,7 @@ class Store:
             "last_error_code": None,
             "bitrix_ids": {},
             "delivered_at": None,
+            "retry_from": None,
         }
         try:
             async with self.engine.begin() as conn:
@@ -216,14 +223,21 @@ class Store:
         *,
         status: Status | None = None,
         form_id: str | None = None,
+        created_from: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> Page:
+        """Newest first; `created_from` inclusive, `created_before` exclusive."""
         conditions = []
         if status is not None:
             conditions.append(submissions.c.status == status.value)
         if form_id is not None:
             conditions.append(submissions.c.form_id == form_id)
+        if created_from is not None:
+            conditions.append(submissions.c.created_at >= created_from)
+        if created_before is not None:
+            conditions.append(submissions.c.created_at < created_before)
         where = and_(*conditions) if conditions else None
         query = select(submissions).order_by(submissions.c.created_at.desc(), submissions.c.id)
         count = select(func.count()).select_from(submissions)
@@ -398,22 +412,31 @@ class Store:
             )
 
     async def requeue(self, submission_id: str, *, now: datetime) -> bool:
-        """Make a failed submission due again (a retry by hand). False if it is not failed."""
+        """Make a failed submission due again (a retry by hand). False if it is not failed.
+
+        The retry horizon restarts from now: the operator asked for another round.
+        """
+        return await self._requeue(submissions.c.id == submission_id, now=now) == 1
+
+    async def requeue_failed(self, *, now: datetime) -> int:
+        """Make every failed submission due again; returns how many."""
+        return await self._requeue(None, now=now)
+
+    async def _requeue(self, condition: Any, *, now: datetime) -> int:
+        query = update(submissions).where(submissions.c.status == Status.FAILED.value)
+        if condition is not None:
+            query = query.where(condition)
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(submissions)
-                .where(
-                    submissions.c.id == submission_id,
-                    submissions.c.status == Status.FAILED.value,
-                )
-                .values(
+                query.values(
                     status=Status.DELIVERING.value,
                     next_attempt_at=now,
                     lease_until=None,
+                    retry_from=now,
                     updated_at=now,
                 )
             )
-            return bool(result.rowcount)
+            return int(result.rowcount)
 
     # ------------------------------------------------------------------ helpers
 

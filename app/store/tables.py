@@ -92,6 +92,8 @@ submissions = Table(
     Column("last_error_code", String(64), nullable=True),
     Column("bitrix_ids", JSON, nullable=False),
     Column("delivered_at", UTCDateTime(), nullable=True),
+    # Set by a retry by hand: the retry horizon counts from here instead of created_at.
+    Column("retry_from", UTCDateTime(), nullable=True),
     UniqueConstraint("form_id", "idempotency_key", name="uq_submissions_form_key"),
     Index("ix_submissions_due", "status", "next_attempt_at"),
     Index("ix_submissions_created", "created_at"),
