@@ -227,3 +227,21 @@ def created_id(result: object) -> int | None:
     if isinstance(result, str) and result.isdigit():
         return int(result) or None
     return None
+
+
+def preview(submission: Submission, *, originator_id: str) -> list[dict[str, str]]:
+    """The commands the next attempt would send, for the admin API's show and dry run.
+
+    Look-ups are listed as they would go out; creates assume the look-ups find nothing.
+    """
+    pkg = package(submission)
+    known = dict(submission.bitrix_ids)
+    rows = [
+        {"phase": "look-up", "key": name, "command": text}
+        for name, text in lookups(pkg, originator_id=originator_id, known=known).items()
+    ]
+    create_plan = creates(pkg, originator_id=originator_id, known=known, prefix="")
+    rows.extend(
+        {"phase": "create", "key": step.key, "command": step.command} for step in create_plan.steps
+    )
+    return rows
