@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from app.bitrix import (
     MAX_BATCH_COMMANDS,
@@ -25,7 +25,7 @@ from app.bitrix import (
 )
 from app.delivery import plan
 from app.delivery.retry import RetryPolicy
-from app.store import AttemptRecord, Store, Submission
+from app.store import AttemptRecord, Outcome, Store, Submission
 
 log = logging.getLogger("app.delivery")
 T = TypeVar("T")
@@ -126,8 +126,9 @@ class Worker:
         ]
         await self._look_up(jobs)
         await self._create([j for j in jobs if j.error is None])
-        for job in jobs:
-            await self._record(job, started=started)
+        now = self.clock()
+        outcomes = [self._outcome(job, started=started, now=now) for job in jobs]
+        await self.store.record_outcomes(outcomes, now=now)
 
     # ------------------------------------------------------------------ phase 1
 
@@ -232,23 +233,21 @@ class Worker:
 
     # ------------------------------------------------------------------ recording
 
-    async def _record(self, job: _Job, *, started: datetime) -> None:
+    def _outcome(self, job: _Job, *, started: datetime, now: datetime) -> Outcome:
+        """Decide what follows this pass for one submission, and log it."""
         submission = job.submission
-        now = self.clock()
         fields: dict[str, object] = {
             "submission_id": submission.id,
             "attempt": submission.attempts,
             "duration_ms": int((now - started).total_seconds() * 1000),
         }
         if job.error is None:
-            await self.store.record_delivered(
-                submission.id,
-                bitrix_ids=job.known,
-                attempt=AttemptRecord(submission.attempts, started, now, "delivered"),
-                now=now,
-            )
             log.info("delivery.delivered", extra=fields)
-            return
+            return Outcome(
+                submission.id,
+                AttemptRecord(submission.attempts, started, now, "delivered"),
+                bitrix_ids=job.known,
+            )
         error = job.error
         fields["error_code"] = error.label
         excerpt = error.excerpt or error.description
@@ -261,33 +260,21 @@ class Worker:
         )
         if job.trace_problem is not None:
             next_at = now  # only the trace step is left, with a different trace
+        kind: Literal["retry", "failed"] = "failed" if next_at is None else "retry"
         if next_at is None:
-            await self.store.mark_failed(
-                submission.id,
-                error=error.description,
-                error_code=error.label,
-                outcome_unknown=job.unknown,
-                bitrix_ids=job.known,
-                attempt=AttemptRecord(
-                    submission.attempts, started, now, "failed", error.label, excerpt
-                ),
-                now=now,
-            )
             log.error("delivery.failed", extra=fields)
-            return
-        await self.store.schedule_retry(
+        else:
+            fields["retry_in_ms"] = int((next_at - now).total_seconds() * 1000)
+            log.warning("delivery.retry_scheduled", extra=fields)
+        return Outcome(
             submission.id,
+            AttemptRecord(submission.attempts, started, now, kind, error.label, excerpt),
+            bitrix_ids=job.known,
             next_attempt_at=next_at,
             error=error.description,
-            error_code=error.label,
             outcome_unknown=job.unknown,
-            bitrix_ids=job.known,
             trace_problem=job.trace_problem,
-            attempt=AttemptRecord(submission.attempts, started, now, "retry", error.label, excerpt),
-            now=now,
         )
-        fields["retry_in_ms"] = int((next_at - now).total_seconds() * 1000)
-        log.warning("delivery.retry_scheduled", extra=fields)
 
 
 def _chunks(entries: Iterable[tuple[T, int]]) -> Iterator[list[T]]:

@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.store.tables import Status, attempts, submissions
 
 EXCERPT_CHARS = 500
-Outcome = Literal["delivered", "retry", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +78,22 @@ class AttemptRecord:
     attempt: int
     started_at: datetime
     finished_at: datetime
-    outcome: Outcome
+    outcome: Literal["delivered", "retry", "failed"]
     error_code: str | None = None
     excerpt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did to one submission; `attempt.outcome` says which state follows."""
+
+    id: str
+    attempt: AttemptRecord
+    bitrix_ids: Mapping[str, int] = field(default_factory=dict)
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    outcome_unknown: bool = False
+    trace_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,100 +309,61 @@ class Store:
             ).mappings()
             return [_row(r) for r in rows]
 
-    async def record_progress(
-        self, submission_id: str, *, bitrix_ids: Mapping[str, int], now: datetime
-    ) -> None:
-        """Remember records already created, before the next step (merged into bitrix_ids)."""
-        async with self.engine.begin() as conn:
-            await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
+    async def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> None:
+        """Record what one delivery pass did to each submission, in one transaction.
 
-    async def record_delivered(
-        self,
-        submission_id: str,
-        *,
-        bitrix_ids: Mapping[str, int],
-        attempt: AttemptRecord,
-        now: datetime,
-    ) -> None:
-        async with self.engine.begin() as conn:
-            await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
-            await conn.execute(
-                update(submissions)
-                .where(submissions.c.id == submission_id)
-                .values(
-                    status=Status.DELIVERED.value,
-                    lease_until=None,
-                    outcome_unknown=False,
-                    delivered_at=now,
-                    updated_at=now,
-                )
-            )
-            await self._add_attempt(conn, submission_id, attempt)
-
-    async def schedule_retry(
-        self,
-        submission_id: str,
-        *,
-        next_attempt_at: datetime,
-        error: str,
-        error_code: str | None,
-        outcome_unknown: bool,
-        attempt: AttemptRecord,
-        now: datetime,
-        bitrix_ids: Mapping[str, int] | None = None,
-        trace_problem: str | None = None,
-    ) -> None:
-        """Record a transient failure and when to try again (a decision, never a sleep).
-
-        `outcome_unknown` replaces the stored flag: the caller knows whether a create may
-        have run unseen (True) or whether look-ups settled it (False).
+        Delivered: the Bitrix ids, status `delivered`. Retry: the next attempt time (a decision,
+        never a sleep), the error, progress so far. Failed: status `failed` with the error.
+        `outcome_unknown` replaces the stored flag: the worker knows whether a create may have
+        run unseen (True) or whether look-ups settled it (False).
         """
+        if not outcomes:
+            return
         async with self.engine.begin() as conn:
-            if bitrix_ids:
-                await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
-            await conn.execute(
-                update(submissions)
-                .where(submissions.c.id == submission_id)
-                .values(
-                    status=Status.DELIVERING.value,
-                    next_attempt_at=next_attempt_at,
-                    lease_until=None,
-                    outcome_unknown=outcome_unknown,
-                    last_error=_excerpt(error),
-                    last_error_code=error_code,
-                    updated_at=now,
-                    **({"trace_problem": trace_problem} if trace_problem else {}),
-                )
-            )
-            await self._add_attempt(conn, submission_id, attempt)
+            for outcome in outcomes:
+                await self._record(conn, outcome, now=now)
 
-    async def mark_failed(
-        self,
-        submission_id: str,
-        *,
-        error: str,
-        error_code: str | None,
-        attempt: AttemptRecord,
-        now: datetime,
-        outcome_unknown: bool = False,
-        bitrix_ids: Mapping[str, int] | None = None,
-    ) -> None:
-        async with self.engine.begin() as conn:
-            if bitrix_ids:
-                await self._merge_ids(conn, submission_id, bitrix_ids, now=now)
-            await conn.execute(
-                update(submissions)
-                .where(submissions.c.id == submission_id)
-                .values(
-                    status=Status.FAILED.value,
-                    lease_until=None,
-                    outcome_unknown=outcome_unknown,
-                    last_error=_excerpt(error),
-                    last_error_code=error_code,
-                    updated_at=now,
+    async def _record(self, conn: AsyncConnection, outcome: Outcome, *, now: datetime) -> None:
+        values: dict[str, object] = {"lease_until": None, "updated_at": now}
+        if outcome.bitrix_ids:
+            current = (
+                await conn.execute(
+                    select(submissions.c.bitrix_ids).where(submissions.c.id == outcome.id)
                 )
+            ).scalar_one()
+            values["bitrix_ids"] = {**(current or {}), **outcome.bitrix_ids}
+        if outcome.attempt.outcome == "delivered":
+            values.update(status=Status.DELIVERED.value, outcome_unknown=False, delivered_at=now)
+        else:
+            values.update(
+                status=(
+                    Status.FAILED.value
+                    if outcome.attempt.outcome == "failed"
+                    else Status.DELIVERING.value
+                ),
+                outcome_unknown=outcome.outcome_unknown,
+                last_error=_excerpt(outcome.error),
+                last_error_code=outcome.attempt.error_code,
             )
-            await self._add_attempt(conn, submission_id, attempt)
+            if outcome.next_attempt_at is not None:
+                values["next_attempt_at"] = outcome.next_attempt_at
+            if outcome.trace_problem is not None:
+                values["trace_problem"] = outcome.trace_problem
+        await conn.execute(
+            update(submissions).where(submissions.c.id == outcome.id).values(**values)
+        )
+        record = outcome.attempt
+        await conn.execute(
+            attempts.insert().values(
+                submission_id=outcome.id,
+                attempt=record.attempt,
+                started_at=record.started_at,
+                finished_at=record.finished_at,
+                outcome=record.outcome,
+                error_code=record.error_code,
+                excerpt=_excerpt(record.excerpt),
+            )
+        )
 
     async def release(self, submission_ids: Sequence[str], *, now: datetime) -> None:
         """Hand claimed rows back untouched (shutdown before their call was sent)."""
@@ -437,40 +410,3 @@ class Store:
                 )
             )
             return int(result.rowcount)
-
-    # ------------------------------------------------------------------ helpers
-
-    async def _merge_ids(
-        self,
-        conn: AsyncConnection,
-        submission_id: str,
-        bitrix_ids: Mapping[str, int],
-        *,
-        now: datetime,
-    ) -> None:
-        current = (
-            await conn.execute(
-                select(submissions.c.bitrix_ids).where(submissions.c.id == submission_id)
-            )
-        ).scalar_one()
-        merged = {**(current or {}), **bitrix_ids}
-        await conn.execute(
-            update(submissions)
-            .where(submissions.c.id == submission_id)
-            .values(bitrix_ids=merged, updated_at=now)
-        )
-
-    async def _add_attempt(
-        self, conn: AsyncConnection, submission_id: str, record: AttemptRecord
-    ) -> None:
-        await conn.execute(
-            attempts.insert().values(
-                submission_id=submission_id,
-                attempt=record.attempt,
-                started_at=record.started_at,
-                finished_at=record.finished_at,
-                outcome=record.outcome,
-                error_code=record.error_code,
-                excerpt=_excerpt(record.excerpt),
-            )
-        )
