@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     RETRY_BASE_SECONDS: float = Field(default=5.0, ge=0)
     RETRY_MAX_DELAY_SECONDS: float = Field(default=900.0, ge=0)
     RETRY_HORIZON_SECONDS: float = Field(default=3 * 24 * 3600.0, gt=0)
+    RETRY_MAX_ATTEMPTS: int = Field(default=1000, ge=1)
 
     @field_validator("ALLOWED_ORIGINS", mode="before")
     @classmethod

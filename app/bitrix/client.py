@@ -4,6 +4,7 @@ parsing of answers into results or classified errors. It never retries: the work
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -14,14 +15,20 @@ from aiolimiter import AsyncLimiter
 
 from app.bitrix.errors import (
     BitrixError,
+    OperationTimeLimit,
     OutcomeUnknown,
     PortalMoved,
+    RateLimited,
     RejectedError,
     Unreachable,
     classify,
 )
 
 MAX_BATCH_COMMANDS = 50
+RATE_MARGIN = 0.97
+RATE_LIMIT_PAUSE_SECONDS = 1.0
+RATE_LIMIT_SLOW_SECONDS = 60.0
+OPERATION_LIMIT_DEFAULT_SECONDS = 60.0
 EXCERPT_CHARS = 300
 USER_AGENT = "b24-form-gateway/0.1"
 
@@ -72,8 +79,18 @@ class BitrixClient:
             follow_redirects=False,
             transport=transport,
         )
-        # The portal's own leaky bucket (§4.1): `burst` at once, then `rate_per_second`.
-        self._limiter = AsyncLimiter(max_rate=burst, time_period=burst / rate_per_second)
+        # The portal's own leaky bucket (§4.1): `burst` at once, then `rate_per_second`. The
+        # portal counts a request when it arrives, so network jitter can make its count run
+        # ahead of ours: keep a margin below both numbers.
+        capacity = max(1, min(burst - 1, int(burst * 0.9)))
+        rate = rate_per_second * RATE_MARGIN
+        self._limiter = AsyncLimiter(max_rate=capacity, time_period=capacity / rate)
+        # After QUERY_LIMIT_EXCEEDED the portal's bucket is full (other integrations share it,
+        # §4.1): pause briefly, then charge each request double for a while (half the rate).
+        self._pause_until = 0.0
+        self._slow_until = 0.0
+        # OPERATION_TIME_LIMIT blocks one method until a reset time (unix seconds, §4.2).
+        self._blocked_until: dict[str, float] = {}
         self._operating_reset_at: dict[str, float] = {}
         self.last_success_at: float | None = None
         self.last_failure_at: float | None = None
@@ -124,22 +141,32 @@ class BitrixClient:
                 self._operating_reset_at[method] = float(reset_at)
         return out
 
+    def blocked_until(self, method: str) -> float | None:
+        """When the portal unblocks `method` (unix seconds), if it is blocked now (§4.2)."""
+        until = self._blocked_until.get(method)
+        if until is None or until <= time.time():
+            return None
+        return until
+
     async def _post(self, method: str, payload: dict[str, object]) -> dict[str, object]:
-        async with self._limiter:
-            self.requests_sent += 1
-            try:
-                response = await self._http.post(self._base + method, json=payload)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                error: BitrixError = Unreachable(
-                    f"cannot connect to the portal ({type(exc).__name__})", method=method
-                )
-                raise self._failed(error) from None
-            except httpx.HTTPError as exc:
-                # Sent, but no complete answer: the portal may have run it (§3).
-                error = OutcomeUnknown(
-                    f"no complete answer from the portal ({type(exc).__name__})", method=method
-                )
-                raise self._failed(error) from None
+        now = time.monotonic()
+        if self._pause_until > now:
+            await asyncio.sleep(self._pause_until - now)
+        await self._limiter.acquire(2 if time.monotonic() < self._slow_until else 1)
+        self.requests_sent += 1
+        try:
+            response = await self._http.post(self._base + method, json=payload)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            error: BitrixError = Unreachable(
+                f"cannot connect to the portal ({type(exc).__name__})", method=method
+            )
+            raise self._failed(error) from None
+        except httpx.HTTPError as exc:
+            # Sent, but no complete answer: the portal may have run it (§3).
+            error = OutcomeUnknown(
+                f"no complete answer from the portal ({type(exc).__name__})", method=method
+            )
+            raise self._failed(error) from None
         return self._parse(method, response)
 
     def _parse(self, method: str, response: httpx.Response) -> dict[str, object]:
@@ -189,6 +216,16 @@ class BitrixClient:
     def _failed(self, error: BitrixError) -> BitrixError:
         self.last_failure_at = time.time()
         self.last_error_code = error.label
+        if isinstance(error, RateLimited):
+            now = time.monotonic()
+            self._pause_until = max(self._pause_until, now + RATE_LIMIT_PAUSE_SECONDS)
+            self._slow_until = now + RATE_LIMIT_SLOW_SECONDS
+        elif isinstance(error, OperationTimeLimit) and error.method:
+            reset = error.reset_at
+            if reset is None or reset <= time.time():
+                reset = time.time() + OPERATION_LIMIT_DEFAULT_SECONDS
+            error.reset_at = reset
+            self._blocked_until[error.method] = reset
         return error
 
 

@@ -11,14 +11,16 @@ from app.bitrix import BitrixError, OperationTimeLimit, PermanentError, RateLimi
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, capped per delay and bounded by a total horizon.
+    """Exponential backoff with full jitter, capped per delay, bounded by age and attempts.
 
-    Defaults: first retry within 5 s, delays capped at 15 min, give up 3 days after acceptance.
+    Defaults: first retry within 5 s, delays capped at 15 min, give up 3 days after acceptance
+    or after 1,000 attempts, whichever comes first.
     """
 
     base_seconds: float = 5.0
     max_delay_seconds: float = 900.0
     horizon_seconds: float = 3 * 24 * 3600.0
+    max_attempts: int = 1000
     # The portal's request bucket drains 2 requests/s: wait at least this after a 503 (§3, §4.1).
     rate_limited_min_seconds: float = 1.0
     # Without a known reset time, an OPERATION_TIME_LIMIT block lasts about a minute (§4.2).
@@ -37,7 +39,7 @@ class RetryPolicy:
         if isinstance(error, PermanentError):
             return None
         give_up_at = accepted_at + timedelta(seconds=self.horizon_seconds)
-        if now >= give_up_at:
+        if now >= give_up_at or attempts >= self.max_attempts:
             return None
         ceiling = min(self.max_delay_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
         delay = rng.uniform(0, ceiling)

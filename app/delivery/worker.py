@@ -20,6 +20,7 @@ from app.bitrix import (
     BitrixClient,
     BitrixError,
     NotExecuted,
+    OperationTimeLimit,
     OutcomeUnknown,
     RejectedError,
 )
@@ -137,6 +138,9 @@ class Worker:
         pending = []
         for n, job in enumerate(jobs):
             cmds = plan.lookups(job.pkg, originator_id=originator, known=job.known)
+            if paused := self._paused(cmds.values()):
+                job.error = paused
+                continue
             pending.append(((n, job, cmds), len(cmds)))
         for chunk in _chunks(entry for entry in pending if entry[1]):
             commands = {f"j{n}_{name}": text for n, _, cmds in chunk for name, text in cmds.items()}
@@ -175,7 +179,11 @@ class Worker:
             job.plan = plan.creates(
                 job.pkg, originator_id=originator, known=job.known, prefix=f"s{n}_"
             )
-            if len(job.plan.steps) == 1:
+            if paused := self._paused(step.command for step in job.plan.steps):
+                # A method the portal blocked for a while (§4.2): wait for its reset without
+                # calling, while submissions that need other methods keep flowing.
+                job.error = paused
+            elif len(job.plan.steps) == 1:
                 singles.append((job, 1))
             elif job.plan.steps:
                 chains.append((job, len(job.plan.steps)))
@@ -222,6 +230,19 @@ class Worker:
             job.error = Halted("not run: an earlier command of the batch failed")
             return True
         return halted
+
+    def _paused(self, commands: Iterable[str]) -> OperationTimeLimit | None:
+        for text in commands:
+            method = text.split("?", 1)[0]
+            if (until := self.client.blocked_until(method)) is not None:
+                paused = OperationTimeLimit(
+                    f"{method} is paused by the portal's operation time limit",
+                    code="OPERATION_TIME_LIMIT",
+                    method=method,
+                )
+                paused.reset_at = until
+                return paused
+        return None
 
     def _trace_rejected(self, job: _Job, error: BitrixError) -> None:
         """The portal refused the trace (§8.3): the records exist; retry only the trace step,

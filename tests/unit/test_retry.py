@@ -53,6 +53,14 @@ def test_after_the_horizon_it_gives_up() -> None:
     assert delay(Unreachable("down"), 50, now=almost) == pytest.approx(1.0)
 
 
+def test_after_the_last_attempt_it_gives_up() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    rng = random.Random(1)
+    error = OutcomeUnknown("x")
+    assert policy.next_attempt(error, attempts=2, accepted_at=T0, now=T0, rng=rng) is not None
+    assert policy.next_attempt(error, attempts=3, accepted_at=T0, now=T0, rng=rng) is None
+
+
 def test_rate_limited_waits_at_least_a_second() -> None:
     assert all((delay(RateLimited("503"), 1, seed=s) or 0) >= 1.0 for s in range(100))
 
