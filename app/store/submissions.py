@@ -1,8 +1,8 @@
 """Every read and state change of a submission, each in one transaction.
 
 The submissions table is the outbox and the queue: `enqueue` commits before the browser is
-answered, `claim_due` leases due rows to a worker, and `record_*`/`schedule_retry`/`mark_failed`
-record what an attempt produced. No other module writes SQL.
+answered, `claim_due` leases due rows to a worker, and `record_outcomes` records what
+each attempt produced (delivered, retry at a set time, failed). No other module writes SQL.
 """
 
 from __future__ import annotations
