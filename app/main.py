@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 import uvicorn
@@ -21,13 +23,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import pages
+from app import admin, check, pages
 from app.bitrix import BitrixClient
 from app.delivery import RetryPolicy, Worker, WorkerConfig
+from app.delivery.plan import preview
 from app.forms import Form, FormsError, load_forms
 from app.intake import IntakeContext
 from app.intake import router as intake_router
 from app.intake.routes import error_response
+from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from app.metrics import Metrics
 from app.observability import configure_logging
 from app.sandbox import Emulator, EmulatorConfig, create_emulator_app
 from app.settings import Settings, SettingsError
@@ -61,12 +66,16 @@ def worker_config(settings: Settings) -> WorkerConfig:
             base_seconds=settings.RETRY_BASE_SECONDS,
             max_delay_seconds=settings.RETRY_MAX_DELAY_SECONDS,
             horizon_seconds=settings.RETRY_HORIZON_SECONDS,
+            max_attempts=settings.RETRY_MAX_ATTEMPTS,
         ),
     )
 
 
-def build_client(settings: Settings, emulator_app: ASGIApp | None) -> BitrixClient:
+def build_client(
+    settings: Settings, emulator_app: ASGIApp | None, *, metrics: Metrics | None = None
+) -> BitrixClient:
     common = {
+        "observer": metrics,
         "timeout_seconds": settings.BITRIX_TIMEOUT_SECONDS,
         "connect_timeout_seconds": settings.BITRIX_CONNECT_TIMEOUT_SECONDS,
         "rate_per_second": settings.BITRIX_RATE_PER_SECOND,
@@ -79,11 +88,23 @@ def build_client(settings: Settings, emulator_app: ASGIApp | None) -> BitrixClie
     return BitrixClient(settings.B24_WEBHOOK_URL.get_secret_value(), **common)  # type: ignore[arg-type]
 
 
+def admin_context(settings: Settings, store: Store) -> admin.AdminContext:
+    """What the admin API and the `submissions` CLI need; `on_requeued` is set by the lifespan."""
+    return admin.AdminContext(
+        store=store,
+        token=settings.ADMIN_TOKEN,
+        preview=functools.partial(preview, originator_id=settings.ORIGINATOR_ID),
+    )
+
+
 def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> FastAPI:
     """The gateway as an ASGI app. Raises FormsError for a bad forms file."""
     forms = forms if forms is not None else load_forms(settings.FORMS_FILE)
     engine = create_engine(settings.DATABASE_URL)
     store = Store(engine)
+    metrics = Metrics()
+    # Without ADMIN_TOKEN the admin API is not mounted at all: every /admin path is a 404.
+    admin_ctx = admin_context(settings, store) if settings.ADMIN_TOKEN else None
     emulator: Emulator | None = None
     emulator_app: ASGIApp | None = None
     if settings.sandbox:
@@ -103,10 +124,16 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         else:
             log.info("portal.configured", extra={"portal_host": settings.webhook_host})
         await migrate(engine)
-        client = build_client(settings, emulator_app)
-        worker = Worker(store, client, worker_config(settings)) if settings.WORKER else None
+        client = build_client(settings, emulator_app, metrics=metrics)
+        worker = (
+            Worker(store, client, worker_config(settings), metrics=metrics)
+            if settings.WORKER
+            else None
+        )
         app.state.runtime = Runtime(settings, store, client, worker, emulator)
         app.state.intake.on_accepted = worker.wake if worker else (lambda: None)
+        if admin_ctx is not None:  # a retry by hand is delivered at once, not at the next poll
+            admin_ctx.on_requeued = worker.wake if worker else (lambda: None)
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
         log.info(
             "gateway.started", extra={"forms": ",".join(sorted(forms)), "worker": bool(worker)}
@@ -132,7 +159,7 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         docs_url=None,
         redoc_url=None,
     )
-    app.state.intake = IntakeContext(settings=settings, forms=forms, store=store)
+    app.state.intake = IntakeContext(settings=settings, forms=forms, store=store, metrics=metrics)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.ALLOWED_ORIGINS),
@@ -144,6 +171,8 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
     )
     _add_error_handlers(app)
     app.include_router(intake_router)
+    if admin_ctx is not None:
+        admin.install(app, admin_ctx)
     demo_form = "contact" if "contact" in forms else sorted(forms)[0]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -179,6 +208,16 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         )
         return JSONResponse(body)
 
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        counts = await store.count_by_status()
+        for status, count in counts.items():
+            metrics.queue_depth.labels(status=status.value).set(count)
+        oldest = await store.oldest_undelivered()
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        metrics.oldest_undelivered.set(max(age, 0.0))
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
     if emulator_app is not None:
         app.mount("/sandbox", emulator_app)
     return app
@@ -187,7 +226,9 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(exc.status_code, str(exc.detail))
+        response = error_response(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -256,6 +297,20 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_cli_context() -> admin.AdminContext:
+    """`submissions ...`: the admin operations on DATABASE_URL, without a server."""
+    settings = Settings.load()
+    return admin_context(settings, Store(create_engine(settings.DATABASE_URL)))
+
+
+def _check_client(settings: Settings) -> BitrixClient:
+    """`check` talks to the portal, or in sandbox mode to a fresh emulator, as `serve` would."""
+    if not settings.sandbox:
+        return build_client(settings, None)
+    emulator = Emulator(EmulatorConfig(secret=SANDBOX_SECRET))
+    return build_client(settings, create_emulator_app(emulator))
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="b24-form-gateway",
@@ -272,6 +327,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     sandbox.add_argument("--port", type=int, default=8024)
     sandbox.add_argument("--secret", default=SANDBOX_SECRET, help="the webhook code it accepts")
     sandbox.set_defaults(func=_sandbox)
+    admin.add_commands(commands, connect=_admin_cli_context)
+    check.add_command(commands, client_for=_check_client)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -46,6 +47,14 @@ class BatchResult:
     errors: dict[str, BitrixError] = field(default_factory=dict)
 
 
+class RequestObserver(Protocol):
+    """Receives one call per portal request (metrics); implemented outside this package."""
+
+    def portal_request(self, method: str, status: str, seconds: float) -> None: ...
+
+    def limiter_waited(self, seconds: float) -> None: ...
+
+
 def _as_map(value: object) -> dict[str, object]:
     """PHP serialises an empty map as [] and a 0..n-1 keyed map as a list (§5.3)."""
     if isinstance(value, dict):
@@ -70,7 +79,9 @@ class BitrixClient:
         rate_per_second: float = 2.0,
         burst: int = 50,
         transport: httpx.AsyncBaseTransport | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
+        self._observer = observer
         self._base = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=connect_timeout_seconds),
@@ -149,24 +160,34 @@ class BitrixClient:
         return until
 
     async def _post(self, method: str, payload: dict[str, object]) -> dict[str, object]:
-        now = time.monotonic()
-        if self._pause_until > now:
-            await asyncio.sleep(self._pause_until - now)
+        waiting = time.monotonic()
+        if self._pause_until > waiting:
+            await asyncio.sleep(self._pause_until - waiting)
         await self._limiter.acquire(2 if time.monotonic() < self._slow_until else 1)
+        started = time.monotonic()
+        if self._observer is not None:
+            self._observer.limiter_waited(started - waiting)
         self.requests_sent += 1
+        status = "error"
         try:
             response = await self._http.post(self._base + method, json=payload)
+            status = str(response.status_code)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            status = "unreachable"
             error: BitrixError = Unreachable(
                 f"cannot connect to the portal ({type(exc).__name__})", method=method
             )
             raise self._failed(error) from None
         except httpx.HTTPError as exc:
+            status = "no_answer"
             # Sent, but no complete answer: the portal may have run it (§3).
             error = OutcomeUnknown(
                 f"no complete answer from the portal ({type(exc).__name__})", method=method
             )
             raise self._failed(error) from None
+        finally:
+            if self._observer is not None:
+                self._observer.portal_request(method, status, time.monotonic() - started)
         return self._parse(method, response)
 
     def _parse(self, method: str, response: httpx.Response) -> dict[str, object]:

@@ -26,6 +26,7 @@ from app.bitrix import (
 )
 from app.delivery import plan
 from app.delivery.retry import RetryPolicy
+from app.metrics import Metrics
 from app.store import AttemptRecord, Outcome, Store, Submission
 
 log = logging.getLogger("app.delivery")
@@ -76,7 +77,9 @@ class Worker:
         *,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.store = store
         self.client = client
         self.config = config or WorkerConfig()
@@ -130,6 +133,9 @@ class Worker:
         now = self.clock()
         outcomes = [self._outcome(job, started=started, now=now) for job in jobs]
         await self.store.record_outcomes(outcomes, now=now)
+        if self.metrics is not None:
+            for outcome in outcomes:
+                self.metrics.deliveries.labels(result=outcome.attempt.outcome).inc()
 
     # ------------------------------------------------------------------ phase 1
 

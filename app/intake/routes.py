@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.forms import Form, first, map_submission, missing_required, non_empty
 from app.intake.body import JSON_TYPE, BodyError, parse_body
+from app.metrics import Metrics
 from app.settings import Settings
 from app.store import NewSubmission, Status, Store, Submission
 from app.trace import check_trace
@@ -41,6 +42,7 @@ class IntakeContext:
     store: Store
     on_accepted: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    metrics: Metrics | None = None
 
 
 router = APIRouter()
@@ -77,6 +79,28 @@ def error_response(status: int, message: str, errors: Mapping[str, str] | None =
 )
 async def submit(form_id: str, request: Request) -> Response:
     ctx = _ctx(request)
+    request.state.spam = False
+    response = await _submit(ctx, form_id, request)
+    if ctx.metrics is not None:
+        ctx.metrics.submissions.labels(
+            # Unknown form ids come from the client: never a label value (cardinality).
+            form=form_id if form_id in ctx.forms else "unknown",
+            outcome=_outcome(response.status_code, spam=request.state.spam),
+        ).inc()
+    return response
+
+
+def _outcome(status: int, *, spam: bool) -> str:
+    if spam:
+        return "spam"
+    if status < 400:
+        return "accepted"
+    if status in (400, 413, 415, 422):
+        return "invalid"
+    return "rejected"
+
+
+async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Response:
     form = ctx.forms.get(form_id)
     if form is None:
         return error_response(404, f"unknown form {form_id[:64]!r}")
@@ -103,6 +127,7 @@ async def submit(form_id: str, request: Request) -> Response:
         return existing if isinstance(existing, Response) else _answer(form, existing, wants_html)
 
     spam = bool(form.honeypot and first(fields, form.honeypot))
+    request.state.spam = spam
     crm = map_submission(form, fields, trace_utm=trace.utm)
     new = NewSubmission(
         id=str(uuid.uuid4()),

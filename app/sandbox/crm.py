@@ -5,12 +5,14 @@ contact, company and quote, crm.duplicate.findbycomm and crm.status.list, over t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from app.sandbox.entities import (
     GET_SELECT,
     TRACE_IDS,
     EntityType,
+    Field,
     Record,
     directory_rows,
     read_record,
@@ -45,13 +47,27 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds")
 
 
-def add(store: Store, entity: EntityType, params: Params, *, user_id: int, now: float) -> int:
-    """crm.*.add: validates, stores the fields as given, returns the new id as an integer (§6.1)."""
+def add(
+    store: Store,
+    entity: EntityType,
+    params: Params,
+    *,
+    user_id: int,
+    now: float,
+    required: Sequence[str] = (),
+) -> int:
+    """crm.*.add: validates, stores the fields as given, returns the new id as an integer (§6.1).
+
+    `required`: fields an admin made required; all missing ones are named in one message.
+    """
     fields = as_array(param(params, "fields"))
     if fields is None:
         raise crm_error("Parameter 'fields' must be array.")
     if entity.title_caption is not None and _blank(fields.get("TITLE")):
         raise crm_error(f'The field "{entity.title_caption}" is required.<br />')
+    missing = [code for code in required if _empty(fields.get(code))]
+    if missing:
+        raise crm_error("".join(f'The field "{code}" is required.<br />' for code in missing))
     multifields = {
         code: _multifield_values(code, fields[code])
         for code in entity.multifields
@@ -108,8 +124,23 @@ def list_records(store: Store, entity: EntityType, params: Params) -> Page:
     return Page(rows, total=page.total, next=page.next)
 
 
-def describe_fields(entity: EntityType) -> dict[str, object]:
-    return {code: spec.describe() for code, spec in entity.fields.items()}
+def describe_fields(
+    entity: EntityType, *, user_fields: Sequence[str] = (), required: Sequence[str] = ()
+) -> dict[str, object]:
+    """crm.*.fields: the catalogue, the portal's custom fields, admin-required flags (§6.1)."""
+    specs = dict(entity.fields)
+    for code in user_fields:
+        specs.setdefault(code, Field("string", code))
+    out: dict[str, object] = {}
+    for code, spec in specs.items():
+        described = spec.describe()
+        if code in required:
+            described["isRequired"] = True
+        if code.startswith("UF_"):
+            # Custom fields are dynamic and carry their labels (the code stands in for them).
+            described.update(isDynamic=True, listLabel=code, formLabel=code, filterLabel=code)
+        out[code] = described
+    return out
 
 
 def status_list(params: Params) -> Page:
@@ -258,3 +289,8 @@ def _entity_type_param(params: Params) -> str:
 
 def _blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _empty(value: object) -> bool:
+    """Blank, or an empty array (a multifield or multiple field with nothing in it)."""
+    return _blank(value) or (isinstance(value, list | dict) and not value)

@@ -46,6 +46,10 @@ class EmulatorConfig:
     operation_limit_seconds: float | None = None  # per-method budget over 10 min (§4.2); None = off
     operation_cost_seconds: float = 0.05  # simulated execution time each method call adds
     seed: int | None = None  # for the random failures of fault injection
+    # Entity -> custom fields (UF_CRM_*) the portal has; crm.<entity>.fields lists them.
+    user_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Entity -> fields an admin made required: an add without them is refused (§6.1).
+    required_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -199,10 +203,13 @@ class Emulator:
         with self._lock:
             out = asdict(self.config)
             out["scopes"] = list(self.config.scopes)
+            for key in ("user_fields", "required_fields"):
+                out[key] = {k: list(v) for k, v in getattr(self.config, key).items()}
             return out
 
     def update_config(self, changes: Mapping[str, object]) -> dict[str, object]:
-        """Change rate_per_second, burst, secret, scopes or the operating limits at run time."""
+        """Change rate_per_second, burst, secret, scopes, the operating limits, user_fields or
+        required_fields at run time (a given key replaces its whole value)."""
         with self._lock:
             validated = _config_changes(changes)
             config = replace(self.config)  # never mutate the object the caller passed in
@@ -312,7 +319,14 @@ class Emulator:
         return table
 
     def _add(self, entity: EntityType, params: Params) -> object:
-        return crm.add(self.store, entity, params, user_id=self.config.user_id, now=self._wall())
+        return crm.add(
+            self.store,
+            entity,
+            params,
+            user_id=self.config.user_id,
+            now=self._wall(),
+            required=self.config.required_fields.get(entity.name, ()),
+        )
 
     def _get(self, entity: EntityType, params: Params) -> object:
         return crm.get(self.store, entity, params)
@@ -321,7 +335,11 @@ class Emulator:
         return crm.list_records(self.store, entity, params)
 
     def _fields(self, entity: EntityType, params: Params) -> object:
-        return crm.describe_fields(entity)
+        return crm.describe_fields(
+            entity,
+            user_fields=self.config.user_fields.get(entity.name, ()),
+            required=self.config.required_fields.get(entity.name, ()),
+        )
 
     def _batch(self, params: Params) -> object:
         def execute(method: str, command_params: Params) -> tuple[int, dict[str, object]]:
@@ -344,6 +362,8 @@ def _config_changes(changes: Mapping[str, object]) -> dict[str, object]:
         "scopes",
         "operation_limit_seconds",
         "operation_cost_seconds",
+        "user_fields",
+        "required_fields",
     }
     unknown = set(changes) - allowed
     if unknown:
@@ -358,6 +378,8 @@ def _config_changes(changes: Mapping[str, object]) -> dict[str, object]:
             if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
                 raise ValueError("scopes must be a list of strings")
             out[key] = tuple(value)
+        elif key in ("user_fields", "required_fields"):
+            out[key] = _fields_by_entity(key, value)
         elif key == "burst":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError("burst must be a non-negative integer")
@@ -368,4 +390,20 @@ def _config_changes(changes: Mapping[str, object]) -> dict[str, object]:
             raise ValueError(f"{key} must be a non-negative number")
         else:
             out[key] = float(value)
+    return out
+
+
+def _fields_by_entity(key: str, value: object) -> dict[str, tuple[str, ...]]:
+    """`{"lead": ["UF_CRM_CITY"], ...}`: known entity names, lists of field codes."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be an object: entity -> list of field codes")
+    out: dict[str, tuple[str, ...]] = {}
+    for entity, codes in value.items():
+        if entity not in ENTITY_TYPES:
+            raise ValueError(f"{key}: unknown entity {entity!r}")
+        if not isinstance(codes, list) or not all(isinstance(c, str) and c for c in codes):
+            raise ValueError(f"{key}.{entity} must be a list of field codes")
+        if key == "user_fields" and not all(c.startswith("UF_CRM_") for c in codes):
+            raise ValueError(f"{key}.{entity}: custom field codes start with UF_CRM_")
+        out[entity] = tuple(codes)
     return out

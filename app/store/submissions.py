@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.store.tables import Status, attempts, submissions
+from app.store.tables import Status, UTCDateTime, attempts, submissions
 
 EXCERPT_CHARS = 500
 
@@ -229,6 +229,18 @@ class Store:
             for status, count in rows:
                 counts[Status(status)] = int(count)
             return counts
+
+    async def oldest_undelivered(self) -> datetime | None:
+        """When the oldest submission still waiting for delivery was accepted, if any."""
+        async with self.engine.connect() as conn:
+            oldest = (
+                await conn.execute(
+                    select(func.min(submissions.c.created_at)).where(
+                        submissions.c.status.in_([Status.ACCEPTED.value, Status.DELIVERING.value])
+                    )
+                )
+            ).scalar_one()
+        return UTCDateTime().process_result_value(oldest, self.engine.dialect)
 
     async def search(
         self,

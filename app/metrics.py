@@ -1,0 +1,75 @@
+"""Prometheus metrics: one registry per app, the metric families, and the /metrics exposition.
+
+A leaf module like settings: the intake, the worker and the Bitrix client record into a
+`Metrics` object handed to them by main.py; labels never hold personal data or secrets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The gateway's metrics, in a registry of their own (tests run many apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.submissions = Counter(
+            "gateway_submissions_received",
+            "Form posts by form and outcome (accepted, spam, invalid, rejected).",
+            ["form", "outcome"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth", "Stored submissions by status.", ["status"], registry=r
+        )
+        self.oldest_undelivered = Gauge(
+            "gateway_oldest_undelivered_age_seconds",
+            "Age of the oldest submission not yet delivered (0 when none).",
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "gateway_deliveries",
+            "Delivery attempts by result (delivered, retry, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.portal_requests = Counter(
+            "gateway_portal_requests",
+            "HTTP requests to the Bitrix24 portal by REST method and outcome.",
+            ["method", "status"],
+            registry=r,
+        )
+        self.portal_latency = Histogram(
+            "gateway_portal_request_duration_seconds",
+            "Latency of portal requests.",
+            ["method"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 65),
+            registry=r,
+        )
+        self.limiter_wait = Counter(
+            "gateway_rate_limiter_wait_seconds",
+            "Time spent waiting for the client-side portal rate limiter.",
+            registry=r,
+        )
+
+    # The Bitrix client's observer interface (app.bitrix.client.RequestObserver).
+    def portal_request(self, method: str, status: str, seconds: float) -> None:
+        self.portal_requests.labels(method=method, status=status).inc()
+        self.portal_latency.labels(method=method).observe(seconds)
+
+    def limiter_waited(self, seconds: float) -> None:
+        self.limiter_wait.inc(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
