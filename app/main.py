@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -297,6 +298,37 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
+    if settings.sandbox:
+        # A separate process cannot reach the emulator inside `serve`; refuse rather than
+        # deliver into an emulator nobody sees.
+        raise SettingsError(
+            "B24_WEBHOOK_URL: the worker command needs a portal; in sandbox mode `serve` "
+            "runs its own worker"
+        )
+    asyncio.run(_run_worker(settings))
+    return 0
+
+
+async def _run_worker(settings: Settings) -> None:
+    """A delivery worker without HTTP, until SIGTERM or SIGINT (in-flight work finishes)."""
+    engine = create_engine(settings.DATABASE_URL)
+    await migrate(engine)
+    client = build_client(settings, None)
+    worker = Worker(Store(engine), client, worker_config(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    log.info("portal.configured", extra={"portal_host": settings.webhook_host})
+    try:
+        await worker.run()
+    finally:
+        await client.aclose()
+        await engine.dispose()
+
+
 def _admin_cli_context() -> admin.AdminContext:
     """`submissions ...`: the admin operations on DATABASE_URL, without a server."""
     settings = Settings.load()
@@ -327,6 +359,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     sandbox.add_argument("--port", type=int, default=8024)
     sandbox.add_argument("--secret", default=SANDBOX_SECRET, help="the webhook code it accepts")
     sandbox.set_defaults(func=_sandbox)
+    worker = commands.add_parser(
+        "worker", help="run only the delivery worker (several may run; one delivers at a time)"
+    )
+    worker.set_defaults(func=_worker)
     admin.add_commands(commands, connect=_admin_cli_context)
     check.add_command(commands, client_for=_check_client)
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from app.main import create_app
 from app.sandbox import Emulator, EmulatorConfig, create_emulator_app
@@ -80,10 +82,41 @@ def portal(_session_portal: Portal) -> Portal:
     return _session_portal
 
 
-def gateway_settings(portal: Portal | None, tmp_path: Path, **overrides: Any) -> Settings:
+PG_URL = os.environ.get("TEST_DATABASE_URL")
+BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
+
+
+async def fresh_postgres(url: str) -> str:
+    """Empty the test PostgreSQL database (tests run one at a time) and return its URL."""
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS delivery_attempts, submissions CASCADE"))
+        await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    await engine.dispose()
+    return url
+
+
+@pytest.fixture
+async def database_url(tmp_path: Path) -> str:
+    """The gateway's database in a test: a fresh SQLite file. Modules that must hold on every
+    backend override this fixture with `backend_database_url` (SQLite and PostgreSQL)."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    assert PG_URL is not None
+    return await fresh_postgres(PG_URL)
+
+
+def gateway_settings(
+    portal: Portal | None, tmp_path: Path, database_url: str | None = None, **overrides: Any
+) -> Settings:
     values: dict[str, Any] = {
         "B24_WEBHOOK_URL": portal.webhook_url if portal else None,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+        "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
         "WORKER_POLL_SECONDS": 0.05,
         "RETRY_BASE_SECONDS": 0.05,
         "RETRY_MAX_DELAY_SECONDS": 0.3,
@@ -118,12 +151,12 @@ class Gateway:
 
 @pytest.fixture
 async def make_gateway(
-    tmp_path: Path,
+    tmp_path: Path, database_url: str
 ) -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     started: list[Gateway] = []
 
     async def make(portal: Portal | None, **overrides: Any) -> Gateway:
-        settings = gateway_settings(portal, tmp_path, **overrides)
+        settings = gateway_settings(portal, tmp_path, database_url, **overrides)
         server = RunningServer(create_app(settings))
         await asyncio.to_thread(server.start)
         gateway = Gateway(server, settings, settings.DATABASE_URL)

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.store import Status, Store
 from tests.conftest import Gateway, Portal, new_portal, wait_for
 
@@ -162,3 +164,9 @@ async def test_a_rejected_webhook_fails_the_submission_visibly(
         assert ready["portal"]["last_error"] == "insufficient_scope"
     finally:
         portal.control("config", {"scopes": ["crm", "user", "basic"]})
+
+
+@pytest.fixture
+def database_url(backend_database_url: str) -> str:
+    """These delivery tests run on every supported database (PostgreSQL when configured)."""
+    return backend_database_url

@@ -5,15 +5,12 @@ SQLite always; PostgreSQL too when TEST_DATABASE_URL points at a server (CI sets
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
 
 from app.store import (
     AttemptRecord,
@@ -29,22 +26,10 @@ from app.store.tables import metadata
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
 
-BACKENDS = ["sqlite"]
-if os.environ.get("TEST_DATABASE_URL"):
-    BACKENDS.append("postgresql")
 
-
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = os.environ["TEST_DATABASE_URL"]
-    engine = create_engine(url)
-    if request.param == "postgresql":
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP TABLE IF EXISTS delivery_attempts, submissions CASCADE"))
-            await conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+@pytest.fixture
+async def store(backend_database_url: str) -> AsyncIterator[Store]:
+    engine = create_engine(backend_database_url)
     await migrate(engine)
     yield Store(engine)
     await engine.dispose()

@@ -27,7 +27,7 @@ from app.bitrix import (
 from app.delivery import plan
 from app.delivery.retry import RetryPolicy
 from app.metrics import Metrics
-from app.store import AttemptRecord, Outcome, Store, Submission
+from app.store import AttemptRecord, Leadership, Outcome, Store, Submission
 
 log = logging.getLogger("app.delivery")
 T = TypeVar("T")
@@ -97,19 +97,33 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Deliver until `stop()`; a pass in flight is finished first."""
+        """Deliver until `stop()`; a pass in flight is finished first.
+
+        Only the elected worker delivers (one per database, see store.leader): the others
+        stand by and take over when it goes away, so the portal's limit holds in total.
+        """
         log.info("worker.started")
-        while not self._stopping:
-            try:
-                handled = await self.run_once()
-            except Exception:  # the store is down, a bug: log, back off, keep the loop alive
-                log.exception("worker.pass_failed")
+        leadership = Leadership(self.store.engine)
+        standing_by = False
+        try:
+            while not self._stopping:
                 handled = 0
-            if handled == 0 and not self._stopping:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_seconds)
-        log.info("worker.stopped")
+                try:
+                    if await leadership.hold():
+                        standing_by = False
+                        handled = await self.run_once()
+                    elif not standing_by:
+                        standing_by = True
+                        log.info("worker.standing_by")
+                except Exception:  # the store is down, a bug: log, back off, keep looping
+                    log.exception("worker.pass_failed")
+                if handled == 0 and not self._stopping:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_seconds)
+        finally:
+            await leadership.release()
+            log.info("worker.stopped")
 
     async def run_once(self) -> int:
         """Claim one batch of due submissions and deliver it; returns how many were claimed."""
