@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.forms import load_forms, map_submission
-from app.store import NewSubmission, Status, Store, create_engine, migrate
+from app.store import Status, Store, create_engine
+from tests.backlog import enqueue_leads
 from tests.conftest import Gateway, Portal, new_portal, wait_for
 from tests.servers import free_port
 
@@ -40,33 +40,6 @@ async def post_many(gateway_url: str, phones: list[str], *, concurrency: int = 1
 
 def lead_origins(portal: Portal) -> Counter[str]:
     return Counter(str(r["ORIGIN_ID"]) for r in portal.records("lead"))
-
-
-async def enqueue_leads(db_url: str, count: int) -> list[str]:
-    """Put `count` accepted leads straight into the queue (a backlog, as after an outage)."""
-    engine = create_engine(db_url)
-    await migrate(engine)
-    store = Store(engine)
-    form = load_forms(None)["contact"]
-    now = datetime.now(UTC)
-    ids = []
-    for i in range(count):
-        fields = {"phone": [f"+1555300{i:04d}"]}
-        submission_id = f"backlog-{i:04d}"
-        await store.enqueue(
-            NewSubmission(
-                id=submission_id,
-                form_id="contact",
-                entity="lead",
-                fields=fields,
-                crm=map_submission(form, fields, trace_utm={}),
-                body_hash=str(i),
-            ),
-            now=now,
-        )
-        ids.append(submission_id)
-    await engine.dispose()
-    return ids
 
 
 @pytest.mark.slow
