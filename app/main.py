@@ -329,6 +329,22 @@ async def _run_worker(settings: Settings) -> None:
         await engine.dispose()
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
+
+    async def run() -> None:
+        engine = create_engine(settings.DATABASE_URL)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    print("b24-form-gateway: the database schema is up to date")
+    return 0
+
+
 def _admin_cli_context() -> admin.AdminContext:
     """`submissions ...`: the admin operations on DATABASE_URL, without a server."""
     settings = Settings.load()
@@ -363,6 +379,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
         "worker", help="run only the delivery worker (several may run; one delivers at a time)"
     )
     worker.set_defaults(func=_worker)
+    commands.add_parser(
+        "migrate", help="create or upgrade the database schema, then exit"
+    ).set_defaults(func=_migrate)
     admin.add_commands(commands, connect=_admin_cli_context)
     check.add_command(commands, client_for=_check_client)
     args = parser.parse_args(argv)

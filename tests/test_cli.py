@@ -196,3 +196,28 @@ def test_the_emulator_runs_standalone(tmp_path: Path) -> None:
         assert response.status_code == 200 and response.json()["result"] == 1
         wrong = httpx.post(f"{base}/rest/1/other/crm.lead.add", json={"fields": {}})
         assert wrong.status_code == 401 and wrong.json()["error"] == "INVALID_CREDENTIALS"
+
+
+def test_migrate_creates_the_schema_and_the_worker_refuses_sandbox_mode(tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    result = subprocess.run(
+        [console_script(), "migrate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m.db").is_file()
+    result = subprocess.run(
+        [console_script(), "worker"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "B24_WEBHOOK_URL" in result.stderr
