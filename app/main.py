@@ -34,7 +34,7 @@ from app.intake import router as intake_router
 from app.intake.routes import error_response
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.metrics import Metrics
-from app.observability import configure_logging
+from app.observability import RequestIdMiddleware, configure_logging
 from app.sandbox import Emulator, EmulatorConfig, create_emulator_app
 from app.settings import Settings, SettingsError
 from app.store import Status, Store, create_engine, migrate
@@ -170,6 +170,7 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         allow_headers=["Content-Type", "Accept", "Idempotency-Key"],
         max_age=3600,
     )
+    app.add_middleware(RequestIdMiddleware)
     _add_error_handlers(app)
     app.include_router(intake_router)
     if admin_ctx is not None:

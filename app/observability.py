@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Set per HTTP request and per delivered submission; every log line carries them when set.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+submission_id: ContextVar[str | None] = ContextVar("submission_id", default=None)
+REQUEST_ID_HEADER = b"x-request-id"
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -20,7 +29,41 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    if "request_id" not in extras and (rid := request_id.get()) is not None:
+        extras["request_id"] = rid
+    if "submission_id" not in extras and (sid := submission_id.get()) is not None:
+        extras["submission_id"] = sid
+    return extras
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id (the client's `X-Request-ID` when it is a sane token),
+    puts it in the logging context and echoes it in the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER, b"").decode("latin-1")
+        rid = given if 0 < len(given) <= 64 and given.replace("-", "").isalnum() else None
+        rid = rid or secrets.token_hex(8)
+        token = request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER, rid.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
