@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.store.tables import Status, UTCDateTime, attempts, submissions
+from app.store.writer import Writer
 
 EXCERPT_CHARS = 500
 
@@ -128,6 +129,7 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._writer = Writer(engine, submissions)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -161,17 +163,14 @@ class Store:
             "delivered_at": None,
             "retry_from": None,
         }
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(submissions.insert().values(**values))
-        except IntegrityError:
-            if new.idempotency_key is None:
-                raise
+        if await self._writer.insert(values):
+            return Enqueued(_row(values), created=True)
+        if new.idempotency_key is not None:
             existing = await self.find_by_key(new.form_id, new.idempotency_key)
-            if existing is None:  # the conflicting row vanished (retention); try once more
-                raise
-            return Enqueued(existing, created=False)
-        return Enqueued(_row(values), created=True)
+            if existing is not None:
+                return Enqueued(existing, created=False)
+        # The id itself clashed (never for uuid4 ids), or the keyed row vanished meanwhile.
+        raise IntegrityError("INSERT INTO submissions", None, Exception("conflict"))
 
     async def find_by_key(self, form_id: str, key: str) -> Submission | None:
         async with self.engine.connect() as conn:
@@ -295,7 +294,7 @@ class Store:
             # (one writer at a time anyway).
             .with_for_update(skip_locked=True)
         )
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             ids = list((await conn.execute(due)).scalars())
             if not ids:
                 return []
@@ -331,7 +330,7 @@ class Store:
         """
         if not outcomes:
             return
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             for outcome in outcomes:
                 await self._record(conn, outcome, now=now)
 
@@ -381,7 +380,7 @@ class Store:
         """Hand claimed rows back untouched (shutdown before their call was sent)."""
         if not submission_ids:
             return
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             await conn.execute(
                 update(submissions)
                 .where(
@@ -411,7 +410,7 @@ class Store:
         query = update(submissions).where(submissions.c.status == Status.FAILED.value)
         if condition is not None:
             query = query.where(condition)
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             result = await conn.execute(
                 query.values(
                     status=Status.DELIVERING.value,
@@ -422,3 +421,65 @@ class Store:
                 )
             )
             return int(result.rowcount)
+
+    # ------------------------------------------------------------------ privacy
+
+    async def erase_personal_data(
+        self, *, created_before: datetime, now: datetime, limit: int = 500
+    ) -> int:
+        """Erase the personal data of up to `limit` finished submissions created before then.
+
+        Finished means delivered (the portal has the data now) or spam (never delivered). The
+        posted fields, the trace, the CRM values and the answer excerpts go; ids, statuses,
+        timestamps, error codes and the Bitrix ids stay. The body hash is replaced by a marker,
+        so an erased row is not selected again. Returns how many rows were erased.
+        """
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(submissions.c.id, submissions.c.crm)
+                    .where(
+                        submissions.c.status.in_([Status.DELIVERED.value, Status.SPAM.value]),
+                        submissions.c.created_at < created_before,
+                        submissions.c.body_hash != ERASED,
+                    )
+                    .order_by(submissions.c.created_at)
+                    .limit(limit)
+                )
+            ).all()
+            for submission_id, crm in rows:
+                await conn.execute(
+                    update(submissions)
+                    .where(submissions.c.id == submission_id)
+                    .values(
+                        fields={},
+                        crm=_erased_crm(crm),
+                        trace=None,
+                        last_error=None,
+                        body_hash=ERASED,
+                        updated_at=now,
+                    )
+                )
+            if rows:
+                await conn.execute(
+                    update(attempts)
+                    .where(attempts.c.submission_id.in_([r[0] for r in rows]))
+                    .values(excerpt=None)
+                )
+            return len(rows)
+
+
+ERASED = "erased"
+
+
+def _erased_crm(crm: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The mapped CRM data without a value: which records the submission made, nothing else."""
+    crm = crm or {}
+    records = crm.get("records")
+    return {
+        "entity": crm.get("entity"),
+        "main": crm.get("main"),
+        "records": {role: {} for role in records} if isinstance(records, dict) else {},
+        "match": {},
+        "utm": {},
+    }
