@@ -225,6 +225,7 @@ def serve(tmp_path: Path, portal: Portal, port: int, log_name: str) -> subproces
         "RETRY_MAX_DELAY_SECONDS": "0.3",
         "WORKER_POLL_SECONDS": "0.1",
         "WORKER_BATCH_SIZE": "20",
+        "RATE_LIMIT_PER_IP": "0",
     }
     command = [str(Path(sys.executable).parent / "b24-form-gateway"), "serve", "--port", str(port)]
     with (tmp_path / log_name).open("wb") as log:
