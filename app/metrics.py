@@ -57,6 +57,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 65),
             registry=r,
         )
+        self.portal_errors = Counter(
+            "gateway_portal_errors",
+            "Portal errors by family (config, rejected, transient) and Bitrix24 error code.",
+            ["kind", "code"],
+            registry=r,
+        )
         self.limiter_wait = Counter(
             "gateway_rate_limiter_wait_seconds",
             "Time spent waiting for the client-side portal rate limiter.",
@@ -70,6 +76,9 @@ class Metrics:
 
     def limiter_waited(self, seconds: float) -> None:
         self.limiter_wait.inc(seconds)
+
+    def portal_error(self, kind: str, code: str) -> None:
+        self.portal_errors.labels(kind=kind, code=code).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

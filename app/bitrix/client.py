@@ -16,6 +16,7 @@ from aiolimiter import AsyncLimiter
 
 from app.bitrix.errors import (
     BitrixError,
+    ConfigError,
     OperationTimeLimit,
     OutcomeUnknown,
     PortalMoved,
@@ -53,6 +54,8 @@ class RequestObserver(Protocol):
     def portal_request(self, method: str, status: str, seconds: float) -> None: ...
 
     def limiter_waited(self, seconds: float) -> None: ...
+
+    def portal_error(self, kind: str, code: str) -> None: ...
 
 
 def _as_map(value: object) -> dict[str, object]:
@@ -237,6 +240,8 @@ class BitrixClient:
     def _failed(self, error: BitrixError) -> BitrixError:
         self.last_failure_at = time.time()
         self.last_error_code = error.label
+        if self._observer is not None:
+            self._observer.portal_error(_kind(error), error.label)
         if isinstance(error, RateLimited):
             now = time.monotonic()
             self._pause_until = max(self._pause_until, now + RATE_LIMIT_PAUSE_SECONDS)
@@ -248,6 +253,15 @@ class BitrixClient:
             error.reset_at = reset
             self._blocked_until[error.method] = reset
         return error
+
+
+def _kind(error: BitrixError) -> str:
+    """The error's family for metrics and alerts: config, rejected or transient."""
+    if isinstance(error, ConfigError):
+        return "config"
+    if isinstance(error, RejectedError):
+        return "rejected"
+    return "transient"
 
 
 def _code(value: object) -> str | None:
