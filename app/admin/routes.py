@@ -32,8 +32,11 @@ class AdminError(Exception):
 
 def install(app: FastAPI, context: AdminContext) -> None:
     """Mount the admin API on `app`; call only when an admin token is configured."""
+    from app.admin.dashboard import router as dashboard_router  # it builds on this module
+
     app.state.admin = context
     app.include_router(router)
+    app.include_router(dashboard_router)
 
     # Its own handler: the app's HTTPException handler would drop WWW-Authenticate.
     async def _admin_error(_: Request, exc: Exception) -> Response:

@@ -229,6 +229,32 @@ class Store:
                 counts[Status(status)] = int(count)
             return counts
 
+    async def activity(
+        self, *, since: datetime, until: datetime, bucket: timedelta
+    ) -> list[tuple[datetime, int, int]]:
+        """Submissions received and delivered per time bucket: (bucket start, received,
+        delivered), oldest first, spam left out."""
+        count = max(1, int((until - since) / bucket))
+        received = [0] * count
+        delivered = [0] * count
+
+        def slot(moment: datetime | None) -> int | None:
+            if moment is None or moment < since or moment >= until:
+                return None
+            return min(int((moment - since) / bucket), count - 1)
+
+        query = select(submissions.c.created_at, submissions.c.delivered_at).where(
+            submissions.c.status != Status.SPAM.value,
+            or_(submissions.c.created_at >= since, submissions.c.delivered_at >= since),
+        )
+        async with self.engine.connect() as conn:
+            for created, done in await conn.execute(query):
+                if (i := slot(created)) is not None:
+                    received[i] += 1
+                if (i := slot(done)) is not None:
+                    delivered[i] += 1
+        return [(since + bucket * i, received[i], delivered[i]) for i in range(count)]
+
     async def oldest_undelivered(self) -> datetime | None:
         """When the oldest submission still waiting for delivery was accepted, if any."""
         async with self.engine.connect() as conn:

@@ -1,0 +1,89 @@
+"""`/admin/dashboard`: a page an operator opens in a browser to see at a glance whether leads
+flow: received and delivered per hour over the last hours, the backlog, failures.
+
+Browsers cannot send a bearer token from the address bar, so this page also takes HTTP Basic
+auth with the admin token as the password (any user name): the browser asks for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import HTMLResponse
+
+from app.admin.routes import AdminError
+from app.admin.service import AdminContext
+from app.chart import activity_svg
+from app.store import Status, Store
+
+HOURS = 12
+router = APIRouter()
+
+
+async def dashboard_html(store: Store, *, now: datetime, title: str) -> str:
+    """The page: the chart of the last hours and the counts by status."""
+    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    buckets = await store.activity(
+        since=end - timedelta(hours=HOURS), until=end, bucket=timedelta(hours=1)
+    )
+    counts = await store.count_by_status()
+    backlog = counts[Status.ACCEPTED] + counts[Status.DELIVERING]
+    svg = activity_svg(
+        buckets,
+        backlog=backlog,
+        failed=counts[Status.FAILED],
+        title=f"Submissions per hour, last {HOURS} hours",
+    )
+    rows = "".join(f"<tr><td>{s.value}</td><td>{counts[s]}</td></tr>" for s in Status)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta http-equiv="refresh" content="60">
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}
+td{{padding:.2rem .8rem}}</style></head><body>
+<h1>{title}</h1>{svg}
+<table><tr><th>status</th><th>submissions</th></tr>{rows}</table>
+<p><small>Updated {now:%Y-%m-%d %H:%M} UTC; refreshes every minute.</small></p>
+</body></html>"""
+
+
+def _context(request: Request) -> AdminContext:
+    context: AdminContext = request.app.state.admin
+    return context
+
+
+def require_browser_or_bearer(
+    ctx: Annotated[AdminContext, Depends(_context)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    expected = ctx.token.get_secret_value() if ctx.token is not None else ""
+    scheme, _, value = (authorization or "").partition(" ")
+    given = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(given, validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            given = ""
+    elif scheme.lower() != "bearer":
+        given = ""
+    if not (expected and given and hmac.compare_digest(given.encode(), expected.encode())):
+        raise AdminError(
+            401,
+            "the admin token is required (as the password, or as a bearer token)",
+            headers={"WWW-Authenticate": 'Basic realm="b24-form-gateway admin", charset="UTF-8"'},
+        )
+
+
+@router.get(
+    "/admin/dashboard",
+    response_class=HTMLResponse,
+    dependencies=[Depends(require_browser_or_bearer)],
+    include_in_schema=False,
+)
+async def dashboard(ctx: Annotated[AdminContext, Depends(_context)]) -> HTMLResponse:
+    html = await dashboard_html(ctx.store, now=datetime.now(UTC), title="b24-form-gateway")
+    return HTMLResponse(html)
