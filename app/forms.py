@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.settings import origin_setting
+
 FORM_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BITRIX_FIELD_RE = re.compile(r"^(?:[A-Z][A-Z0-9_]*|UF_CRM_[A-Za-z0-9_]+)$")
 # Fields the gateway itself owns on every record; a form may not set them.
@@ -73,13 +75,25 @@ class _FormModel(BaseModel):
     company: Literal["create_if_named", "find_or_create", "none"] = "create_if_named"
     defaults: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     fields: dict[str, str] = Field(default_factory=dict)
+    # The front door (README "The front door"): origins added to ALLOWED_ORIGINS for this
+    # form, where an HTML post goes when its input is refused, the shortest plausible fill
+    # time, and whether the captcha (when CAPTCHA_PROVIDER is set) guards this form.
+    allowed_origins: tuple[str, ...] = ()
+    error_redirect_url: str | None = None
+    min_fill_seconds: float = Field(default=0, ge=0, le=3600)
+    captcha: bool = True
 
-    @field_validator("redirect_url")
+    @field_validator("redirect_url", "error_redirect_url")
     @classmethod
     def _check_redirect(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an absolute http(s) URL")
         return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(origin_setting(origin) for origin in value))
 
     @field_validator("title")
     @classmethod
@@ -144,6 +158,10 @@ class Form:
     company: str = "create_if_named"
     defaults: Mapping[str, Scalar | list[Scalar]] = field(default_factory=dict)
     fields: Mapping[str, str] = field(default_factory=dict)
+    allowed_origins: tuple[str, ...] = ()
+    error_redirect_url: str | None = None
+    min_fill_seconds: float = 0
+    captcha: bool = True
 
 
 BUILTIN_FORMS: dict[str, Form] = {"contact": Form(id="contact")}
@@ -247,11 +265,24 @@ def _person(values: Values) -> CrmFields:
     return crm
 
 
-def _main_record(form: Form, values: Values, utm: Mapping[str, str], *, titled: bool) -> CrmFields:
-    """The form's own record: defaults, title, UTM, mapped fields, comments."""
+def _main_record(
+    form: Form,
+    values: Values,
+    utm: Mapping[str, str],
+    *,
+    titled: bool,
+    standard: CrmFields | None = None,
+) -> CrmFields:
+    """The form's own record (without ORIGIN_ID/TRACE: delivery adds those).
+
+    Order of precedence, lowest first: the form's defaults, the standard fields (the title,
+    `standard`, UTM), the form's own `fields` mapping. A field that is neither standard nor
+    mapped goes to COMMENTS.
+    """
     crm: CrmFields = dict(form.defaults)
     if titled:
         crm["TITLE"] = first(values, "title") or render_title(form, values)
+    crm.update(standard or {})
     crm.update(_utm_fields(utm))
     for source, target in form.fields.items():
         if value := first(values, source):
@@ -262,24 +293,12 @@ def _main_record(form: Form, values: Values, utm: Mapping[str, str], *, titled: 
 
 
 def map_lead(form: Form, values: Values, *, trace_utm: Mapping[str, str]) -> CrmFields:
-    """The crm.lead.add fields of one submission (without ORIGIN_ID/TRACE: delivery adds those).
-
-    Order of precedence, lowest first: the form's defaults, the standard fields, the form's
-    own `fields` mapping. A field that is neither standard nor mapped goes to COMMENTS.
-    """
-    utm = utm_of(values, trace_utm)
-    crm: CrmFields = dict(form.defaults)
-    crm["TITLE"] = first(values, "title") or render_title(form, values)
-    crm.update(_person(values))
+    """The crm.lead.add fields: the person and the typed company name on the lead itself."""
+    standard = _person(values)
     if company := first(values, "company"):
-        crm["COMPANY_TITLE"] = company
-    crm.update(_utm_fields(utm))
-    for source, target in form.fields.items():
-        if value := first(values, source):
-            crm[target] = value
-    if comments := _comments(form, values):
-        crm["COMMENTS"] = comments
-    return crm
+        standard["COMPANY_TITLE"] = company
+    utm = utm_of(values, trace_utm)
+    return _main_record(form, values, utm, titled=True, standard=standard)
 
 
 def map_submission(
@@ -299,9 +318,8 @@ def map_submission(
     if entity is Entity.LEAD:
         records = {"lead": map_lead(form, values, trace_utm=trace_utm)}
     elif entity is Entity.CONTACT:
-        contact = _main_record(form, values, utm, titled=False)
-        contact.update(_person(values))
-        records = {"contact": contact}
+        person = _person(values)
+        records = {"contact": _main_record(form, values, utm, titled=False, standard=person)}
     elif entity is Entity.QUOTE:
         records = {"quote": _main_record(form, values, utm, titled=True)}
     else:

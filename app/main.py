@@ -19,18 +19,20 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import admin, check, pages
+from app import admin, check, pages, retention
+from app.admin.dashboard import dashboard_html
 from app.bitrix import BitrixClient
 from app.delivery import RetryPolicy, Worker, WorkerConfig
 from app.delivery.plan import preview
+from app.embed import router as embed_router
 from app.forms import Form, FormsError, load_forms
 from app.intake import IntakeContext
 from app.intake import router as intake_router
+from app.intake.origins import FormsCORS
 from app.intake.routes import error_response
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.metrics import Metrics
@@ -136,6 +138,14 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         if admin_ctx is not None:  # a retry by hand is delivered at once, not at the next poll
             admin_ctx.on_requeued = worker.wake if worker else (lambda: None)
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
+        retention_task = (
+            asyncio.create_task(
+                retention.run(store, days=settings.RETENTION_DAYS, clock=lambda: datetime.now(UTC)),
+                name="retention",
+            )
+            if settings.RETENTION_DAYS > 0
+            else None
+        )
         log.info(
             "gateway.started", extra={"forms": ",".join(sorted(forms)), "worker": bool(worker)}
         )
@@ -149,6 +159,11 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
                 except TimeoutError:
                     # Claims stay leased; after the lease they are retried with a look-up first.
                     log.warning("worker.shutdown_timeout")
+            if retention_task is not None:
+                retention_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention_task
+            await app.state.intake.aclose()
             await client.aclose()
             await engine.dispose()
             log.info("gateway.stopped")
@@ -161,18 +176,12 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         redoc_url=None,
     )
     app.state.intake = IntakeContext(settings=settings, forms=forms, store=store, metrics=metrics)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=list(settings.ALLOWED_ORIGINS),
-        # Unset ALLOWED_ORIGINS: echo any origin (DESIGN.md, embed.js).
-        allow_origin_regex=None if settings.ALLOWED_ORIGINS else ".*",
-        allow_methods=["GET", "POST"],
-        allow_headers=["Content-Type", "Accept", "Idempotency-Key"],
-        max_age=3600,
-    )
+    # CORS per form: ALLOWED_ORIGINS plus the form's allowed_origins; none = echo any origin.
+    app.add_middleware(FormsCORS, policy=app.state.intake.origins, form_ids=tuple(forms))
     app.add_middleware(RequestIdMiddleware)
     _add_error_handlers(app)
     app.include_router(intake_router)
+    app.include_router(embed_router)
     if admin_ctx is not None:
         admin.install(app, admin_ctx)
     demo_form = "contact" if "contact" in forms else sorted(forms)[0]
@@ -221,6 +230,13 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     if emulator_app is not None:
+
+        @app.get("/status", response_class=HTMLResponse, include_in_schema=False)
+        async def sandbox_status() -> HTMLResponse:
+            # Sandbox only: a real deployment shows this at /admin/dashboard, behind the token.
+            title = "b24-form-gateway (sandbox)"
+            return HTMLResponse(await dashboard_html(store, now=datetime.now(UTC), title=title))
+
         app.mount("/sandbox", emulator_app)
     return app
 

@@ -1,4 +1,5 @@
-"""The pages at `/`: a status page, or in sandbox mode a demo landing page with a sample trace.
+"""The pages at `/`: a status page, or in sandbox mode a demo landing page whose form uses
+embed.js with a stand-in tracker that returns a sample trace.
 
 Static HTML with everything escaped; no scripts from elsewhere.
 """
@@ -40,23 +41,37 @@ button{margin-top:1rem;padding:.5rem 1.2rem;font:inherit}code{background:#f3f3f3
 
 def demo_page(form_id: str) -> str:
     action = html.escape(f"forms/{form_id}", quote=True)
-    trace = html.escape(SAMPLE_TRACE, quote=True)
+    # A JS string literal inside <script>: `<` escaped, so no `</script>` can end it early.
+    trace_js = json.dumps(SAMPLE_TRACE).replace("<", "\\u003c")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>b24-form-gateway: sandbox</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">{_STYLE}</head><body>
+<meta name="viewport" content="width=device-width, initial-scale=1">{_STYLE}
+<script src="embed.js" defer></script>
+<script>
+// Stands in for the Bitrix24 tracker (a real page gets it from the portal's Sales Intelligence
+// code). It "loads" late, as the real one may: embed.js waits for it at submit.
+setTimeout(function () {{
+  window.b24Tracker = {{guest: {{getTrace: function () {{ return {trace_js}; }}}}}};
+}}, 500);
+</script></head><body>
 <p class="banner"><strong>Sandbox mode.</strong> No <code>B24_WEBHOOK_URL</code> is set, so
 submissions go to the built-in Bitrix24 emulator, never to a real portal.
 <a href="sandbox/">See the records it created</a>.</p>
 <h1>Demo landing page</h1>
-<p>This form posts to <code>/{action}</code> with a sample Sales Intelligence trace of a
-paid-search visit (utm_source=google). The lead shows up on the sandbox page with its trace.</p>
-<form method="post" action="{action}">
+<p>This form is what a landing page adds: <code>&lt;script src=".../embed.js" defer&gt;</code>
+and <code>data-b24-gateway</code> on the form. At submit, embed.js puts the tracker's
+<code>getTrace()</code> (here a sample paid-search visit) and the visit's UTM tags into the
+form, and posts it to <code>/{action}</code> with <code>fetch</code>
+(<code>data-b24-ajax</code>). Try <a href="?utm_source=newsletter&amp;utm_medium=email">arriving
+from a newsletter</a> first: the tags are kept for 28 days.</p>
+<form method="post" action="{action}" data-b24-gateway data-b24-ajax>
 <label>Name <input name="name" value="Ann Example"></label>
 <label>Phone <input name="phone" value="+49 170 1234567"></label>
 <label>Email <input name="email" type="email" value="ann@example.com"></label>
 <label>Message <textarea name="message">I would like a quote.</textarea></label>
-<input type="hidden" name="trace" value="{trace}">
 <button type="submit">Send</button>
+<p data-b24-success role="status" hidden>Sent. <a href="sandbox/">See the lead</a>.</p>
+<p data-b24-error role="alert" hidden>Not sent: check the fields, or wait while it retries.</p>
 </form></body></html>
 """
 

@@ -12,11 +12,43 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/gateway.db"
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+
+
+def normalise_origin(value: str) -> str | None:
+    """`scheme://host[:port]` as a browser sends it in `Origin` (lower case, no default port).
+
+    None when `value` names no http(s) origin (e.g. the `null` origin of sandboxed pages).
+    """
+    parts = urlsplit(value.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname  # lower-cased by urlsplit; an IPv6 literal loses its brackets
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == (80 if scheme == "http" else 443):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def origin_setting(value: str) -> str:
+    """An origin as written in configuration, normalised; ValueError when it is not one."""
+    parts = urlsplit(value.strip())
+    origin = normalise_origin(value)
+    if origin is None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{value.strip()[:100]!r} is not an origin like https://www.example.com")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("an origin carries no user name or password")
+    return origin
 
 
 class SettingsError(Exception):
@@ -63,6 +95,16 @@ class Settings(BaseSettings):
     # --- intake ---
     MAX_BODY_BYTES: int = Field(default=64 * 1024, ge=1024)
     MAX_TRACE_BYTES: int = Field(default=64 * 1024, ge=256)
+    # Peers whose X-Forwarded-For is believed (IPs or CIDRs); nobody's by default.
+    TRUSTED_PROXIES: Annotated[tuple[str, ...], NoDecode] = ()
+    CAPTCHA_PROVIDER: Literal["turnstile", "recaptcha", "hcaptcha", "yandex"] | None = None
+    CAPTCHA_SECRET: SecretStr | None = None
+    CAPTCHA_VERIFY_URL: str | None = None  # unset: the provider's own siteverify URL
+    CAPTCHA_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=60)
+    CAPTCHA_MIN_SCORE: float = Field(default=0.5, ge=0, le=1)  # reCAPTCHA v3 scores only
+
+    # --- privacy ---
+    RETENTION_DAYS: int = Field(default=30, ge=0)  # 0 keeps personal data forever
 
     # --- Bitrix24 client ---
     ORIGINATOR_ID: str = Field(default="b24-form-gateway", min_length=1, max_length=100)
@@ -80,12 +122,48 @@ class Settings(BaseSettings):
     RETRY_HORIZON_SECONDS: float = Field(default=3 * 24 * 3600.0, gt=0)
     RETRY_MAX_ATTEMPTS: int = Field(default=1000, ge=1)
 
-    @field_validator("ALLOWED_ORIGINS", mode="before")
+    @field_validator("ALLOWED_ORIGINS", "TRUSTED_PROXIES", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
+        if value is None:
+            return ()
         if isinstance(value, str):
-            return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @field_validator("ALLOWED_ORIGINS")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(origin_setting(origin) for origin in value))
+
+    @field_validator("TRUSTED_PROXIES")
+    @classmethod
+    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"{item[:60]!r} is not an IP address or CIDR block") from None
+        return tuple(networks)
+
+    @field_validator("CAPTCHA_VERIFY_URL")
+    @classmethod
+    def _check_verify_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an https:// URL")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError("plain http is refused except on loopback; use https://")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_captcha(self) -> Settings:
+        if self.CAPTCHA_PROVIDER is not None and self.CAPTCHA_SECRET is None:
+            raise ValueError("CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set")
+        return self
 
     @field_validator("B24_WEBHOOK_URL", mode="before")
     @classmethod

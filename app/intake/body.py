@@ -20,6 +20,8 @@ JSON_TYPE = "application/json"
 MAX_FIELDS = 100
 MAX_FIELD_CHARS = 10_000
 MAX_NAME_CHARS = 100
+# Repeated names (checkbox groups, several phones) are fine; thousands of them are not a form.
+MAX_VALUES_PER_FIELD = 50
 
 
 class BodyError(Exception):
@@ -139,13 +141,22 @@ async def _parse_multipart(request: Request, raw: bytes) -> ParsedBody:
             _add(body, name, value)
     finally:
         await form.close()
+    try:
+        # Starlette decodes a part that is not UTF-8 as Latin-1 without a word; with no file
+        # parts left, every byte is field text, so the body as a whole must be UTF-8.
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError(400, "the body is not valid UTF-8 multipart/form-data") from None
     return body
 
 
 def _parse_json(raw: bytes) -> ParsedBody:
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        # `\ud800` escapes decode to lone surrogates, which are not text: nothing could
+        # store, hash or forward them as UTF-8.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError):
         raise BodyError(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BodyError(400, "the JSON body must be an object of fields")
@@ -197,6 +208,10 @@ def _check_sizes(fields: dict[str, list[str]]) -> None:
             errors[name[:MAX_NAME_CHARS]] = (
                 f"field names are limited to {MAX_NAME_CHARS} characters"
             )
+        elif "\x00" in name:
+            errors[name.replace("\x00", "")] = "a field name contains a NUL character"
+        elif len(values) > MAX_VALUES_PER_FIELD:
+            errors[name] = f"more than {MAX_VALUES_PER_FIELD} values"
         elif any(len(v) > MAX_FIELD_CHARS for v in values):
             errors[name] = f"longer than {MAX_FIELD_CHARS} characters"
         elif "\x00" in "".join(values):

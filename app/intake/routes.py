@@ -1,7 +1,10 @@
-"""`POST /forms/{form_id}`: validate, store (committed before answering), answer.
+"""`POST /forms/{form_id}`: check, validate, store (committed before answering), answer.
 
 The edge is thin: it never builds Bitrix payloads and never calls the portal. It maps fields
 through `app.forms`, checks the trace through `app.trace`, and commits through `app.store`.
+In order: unknown form (404), origin (403), rate limit (429), body (400/413/415), fields (422),
+idempotent replay (same answer, or 409), spam (honeypot, fill time, captcha: stored as spam,
+answered as a success), commit (202/303; 503 only when the database cannot commit).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from email_validator import EmailNotValidError, validate_email
 from fastapi import APIRouter, Request
@@ -21,7 +25,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.forms import Form, first, map_submission, missing_required, non_empty
-from app.intake.body import JSON_TYPE, BodyError, parse_body
+from app.intake.body import MULTIPART, URLENCODED, BodyError, media_type, parse_body
+from app.intake.captcha import ALL_TOKEN_FIELDS, CaptchaVerifier, Verdict
+from app.intake.clientip import UNKNOWN, ClientResolver, rate_key
+from app.intake.origins import OriginPolicy, check_redirects
+from app.intake.ratelimit import RateLimit
+from app.intake.spam import FILL_TIME_FIELD, spam_reason
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store import NewSubmission, Status, Store, Submission
@@ -31,11 +40,22 @@ log = logging.getLogger("app.intake")
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 KEY_FIELD = "submission_id"
+# Fields that steer the gateway and are neither stored nor part of the idempotency hash: a
+# fallback post of the same submission may carry a fresh captcha token and fill time.
+TRANSIENT_FIELDS = frozenset({KEY_FIELD, FILL_TIME_FIELD, *ALL_TOKEN_FIELDS})
+# Refusals an HTML post may be redirected to the form's `error_redirect_url` for: the
+# visitor's input is at fault. 403/429 are answered as they are (no redirect for strangers
+# and floods, and Retry-After must survive).
+CONFLICT_MESSAGE = "this idempotency key was used with a different body"
+ERROR_REASONS = {400: "unparsable", 409: "conflict", 413: "too_large", 422: "invalid"}
 
 
 @dataclass(slots=True)
 class IntakeContext:
-    """What the intake needs, built by main.py."""
+    """What the intake needs, built by main.py; the front-door parts are built from settings.
+
+    Raises FormsError when a form's redirect would leave its allowed origins.
+    """
 
     settings: Settings
     forms: Mapping[str, Form]
@@ -43,6 +63,30 @@ class IntakeContext:
     on_accepted: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     metrics: Metrics | None = None
+    origins: OriginPolicy = field(init=False)
+    clients: ClientResolver = field(init=False)
+    rate_limit: RateLimit = field(init=False)
+    captcha: CaptchaVerifier | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.origins = OriginPolicy(settings.ALLOWED_ORIGINS, self.forms)
+        check_redirects(self.forms, self.origins)
+        self.clients = ClientResolver(settings.TRUSTED_PROXIES)
+        self.rate_limit = RateLimit(settings.RATE_LIMIT_PER_IP)
+        self.captcha = None
+        if settings.CAPTCHA_PROVIDER is not None and settings.CAPTCHA_SECRET is not None:
+            self.captcha = CaptchaVerifier(
+                settings.CAPTCHA_PROVIDER,
+                secret=settings.CAPTCHA_SECRET,
+                verify_url=settings.CAPTCHA_VERIFY_URL,
+                timeout_seconds=settings.CAPTCHA_TIMEOUT_SECONDS,
+                min_score=settings.CAPTCHA_MIN_SCORE,
+            )
+
+    async def aclose(self) -> None:
+        if self.captcha is not None:
+            await self.captcha.aclose()
 
 
 router = APIRouter()
@@ -53,12 +97,95 @@ def _ctx(request: Request) -> IntakeContext:
     return ctx
 
 
-def error_response(status: int, message: str, errors: Mapping[str, str] | None = None) -> Response:
+def error_response(
+    status: int,
+    message: str,
+    errors: Mapping[str, str] | None = None,
+    *,
+    retry_after: int | None = None,
+) -> Response:
     content: dict[str, object] = {"error": message}
     if errors:
         content["errors"] = dict(errors)
-    headers = {"Retry-After": "5"} if status == 503 else None
+    if retry_after is None and status == 503:
+        retry_after = 5
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse(content, status_code=status, headers=headers)
+
+
+# The request bodies, described for the OpenAPI document (clients, and the schemathesis run in
+# tests/test_fuzz.py). The route reads the body itself, so FastAPI does not validate them.
+_FIELD_PROPERTIES: dict[str, Any] = {
+    name: {"type": "string", "maxLength": 10_000}
+    for name in (
+        "name",
+        "last_name",
+        "second_name",
+        "phone",
+        "email",
+        "message",
+        "company",
+        "title",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "utm_content",
+        "utm_term",
+        "_gotcha",
+        FILL_TIME_FIELD,
+    )
+}
+_FIELD_PROPERTIES[KEY_FIELD] = {"type": "string", "minLength": 1, "maxLength": 255}
+# What the validation below accepts, roughly (5-20 digits; a browser's email check).
+_FIELD_PROPERTIES["phone"] = {"type": "string", "pattern": r"^\+?[0-9][0-9 ()-]{3,22}[0-9]$"}
+_FIELD_PROPERTIES["email"] = {"type": "string", "format": "email", "maxLength": 254}
+_FIELD_PROPERTIES[FILL_TIME_FIELD] = {
+    "type": "string",
+    "pattern": "^[0-9]{1,9}$",
+    "description": "milliseconds the visitor spent on the form (set by the page's script)",
+}
+_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {**_FIELD_PROPERTIES, "trace": {"type": "string"}},
+    "additionalProperties": {"type": "string"},
+}
+_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        **_FIELD_PROPERTIES,
+        "trace": {
+            "description": "the getTrace() string, the trace as an object, or a trace id",
+            "anyOf": [{"type": "string"}, {"type": "object"}, {"type": "integer"}],
+        },
+    },
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "array", "items": {"type": "string"}},
+        ]
+    },
+}
+OPENAPI_EXTRA: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "1-255 printable ASCII characters; wins over `submission_id`",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            URLENCODED: {"schema": _FORM_SCHEMA},
+            MULTIPART: {"schema": _FORM_SCHEMA},
+            "application/json": {"schema": _JSON_SCHEMA},
+        },
+    },
+}
 
 
 @router.post(
@@ -66,16 +193,20 @@ def error_response(status: int, message: str, errors: Mapping[str, str] | None =
     status_code=202,
     summary="Submit a form",
     responses={
+        200: {"description": "Accepted (HTML form post, no redirect_url): a thank-you page"},
         202: {"description": "Accepted: stored durably, delivery follows"},
         303: {"description": "Accepted (HTML form post): redirect to the form's redirect_url"},
         400: {"description": "Unparsable body or invalid Idempotency-Key"},
+        403: {"description": "Origin (else Referer) not allowed for this form"},
         404: {"description": "Unknown form"},
         409: {"description": "Idempotency key reused with a different body"},
         413: {"description": "Body too large"},
         415: {"description": "Unsupported Content-Type or Content-Encoding"},
         422: {"description": "Invalid fields"},
+        429: {"description": "Too many submissions from this client; see Retry-After"},
         503: {"description": "The database cannot commit"},
     },
+    openapi_extra=OPENAPI_EXTRA,
 )
 async def submit(form_id: str, request: Request) -> Response:
     ctx = _ctx(request)
@@ -104,8 +235,15 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
     form = ctx.forms.get(form_id)
     if form is None:
         return error_response(404, f"unknown form {form_id[:64]!r}")
-    if (denied := _origin_denied(request, ctx.settings)) is not None:
-        return denied
+    if ctx.origins.denies(form.id, request.headers):
+        return error_response(403, "this origin may not post to this form")
+    peer = request.client.host if request.client else None
+    client_ip = ctx.clients.client_ip(peer, request.headers.getlist("x-forwarded-for"))
+    if (wait := ctx.rate_limit.hit(form.id, rate_key(client_ip))) is not None:
+        return error_response(
+            429, "too many submissions from this client; try again later", retry_after=wait
+        )
+    wants_html = _wants_html(request)
     try:
         body = await parse_body(request, limit=ctx.settings.MAX_BODY_BYTES)
         # The header wins over the field when both are present (DESIGN.md).
@@ -113,21 +251,26 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         if key is None:
             key = _idempotency_key(first(body.fields, KEY_FIELD) or None)
     except BodyError as exc:
-        return error_response(exc.status, exc.message, exc.errors)
-    wants_html = body.kind != JSON_TYPE and "text/html" in request.headers.get("accept", "")
-    fields = {k: v for k, v in body.fields.items() if k != KEY_FIELD}
+        return _refused(form, exc.status, exc.message, exc.errors, wants_html=wants_html)
+    fields = {k: v for k, v in body.fields.items() if k not in TRANSIENT_FIELDS}
 
     errors = missing_required(form, fields) | _invalid_contacts(fields)
     if errors:
-        return error_response(422, "some fields are invalid", errors)
+        return _refused(form, 422, "some fields are invalid", errors, wants_html=wants_html)
 
     trace = check_trace(body.trace, max_bytes=ctx.settings.MAX_TRACE_BYTES)
     body_hash = _hash(fields, body.trace)
-    if key is not None and (existing := await _replay(ctx, form, key, body_hash)) is not None:
-        return existing if isinstance(existing, Response) else _answer(form, existing, wants_html)
+    if key is not None:
+        existing = await _replay(ctx, form, key, body_hash, wants_html=wants_html)
+        if isinstance(existing, Response):
+            return existing
+        if existing is not None:
+            return _answer(form, existing, wants_html)
 
-    spam = bool(form.honeypot and first(fields, form.honeypot))
-    request.state.spam = spam
+    # Replays are answered above without a second captcha check: a token verifies only once.
+    reason = spam_reason(form, body.fields)
+    if reason is None:
+        reason = await _captcha_reason(ctx, form, body.fields, client_ip)
     crm = map_submission(form, fields, trace_utm=trace.utm)
     new = NewSubmission(
         id=str(uuid.uuid4()),
@@ -140,16 +283,19 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         trace=trace.value,
         trace_is_id=trace.is_id,
         trace_problem=trace.problem.value if trace.problem else None,
-        status=Status.SPAM if spam else Status.ACCEPTED,
+        status=Status.SPAM if reason else Status.ACCEPTED,
     )
     try:
         enqueued = await ctx.store.enqueue(new, now=ctx.clock())
-    except SQLAlchemyError:
-        log.exception("intake.store_failed", extra={"form_id": form.id})
+    except SQLAlchemyError as exc:
+        # Not log.exception: SQLAlchemy's message carries the statement's parameters, and
+        # those are the visitor's name, phone and email.
+        log.error("intake.store_failed", extra={"form_id": form.id, "error": type(exc).__name__})
         return error_response(503, "the submission could not be stored; try again")
     stored = enqueued.submission
     if not enqueued.created and stored.body_hash != body_hash:
-        return error_response(409, "this idempotency key was used with a different body")
+        return _refused(form, 409, CONFLICT_MESSAGE, wants_html=wants_html)
+    request.state.spam = stored.status is Status.SPAM
     if enqueued.created:
         log.info(
             "intake.accepted",
@@ -157,26 +303,86 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
                 "submission_id": stored.id,
                 "form_id": form.id,
                 "status": stored.status.value,
+                "spam_reason": reason,
                 "trace_problem": stored.trace_problem,
             },
         )
-        if not spam:
+        if stored.status is not Status.SPAM:
             ctx.on_accepted()
     return _answer(form, stored, wants_html)
 
 
+async def _captcha_reason(
+    ctx: IntakeContext, form: Form, values: Mapping[str, list[str]], client_ip: str
+) -> str | None:
+    """The spam reason `captcha_<why>` when the form's captcha fails, else None.
+
+    None also when the captcha is off for the form, or the provider gives no verdict.
+    """
+    verifier = ctx.captcha
+    if verifier is None or not form.captcha:
+        return None
+    result = await verifier.verify(
+        first(values, verifier.token_field),
+        remote_ip=None if client_ip == UNKNOWN else client_ip,
+    )
+    if result.verdict is Verdict.FAILED:
+        return f"captcha_{result.reason}"
+    if result.verdict is Verdict.UNAVAILABLE:
+        # Accepted unverified: losing real leads to a provider outage is worse than letting
+        # a few bots through while the rate limit and the honeypot still stand.
+        log.warning(
+            "intake.captcha_unavailable",
+            extra={"form_id": form.id, "provider": verifier.provider, "reason": result.reason},
+        )
+    return None
+
+
+def _wants_html(request: Request) -> bool:
+    """An HTML answer goes only to a form post whose Accept names text/html (DESIGN.md)."""
+    kind, _ = media_type(request)
+    return kind in (URLENCODED, MULTIPART) and "text/html" in request.headers.get("accept", "")
+
+
+def _refused(
+    form: Form,
+    status: int,
+    message: str,
+    errors: Mapping[str, str] | None = None,
+    *,
+    wants_html: bool,
+) -> Response:
+    """A refusal: JSON, or for an HTML post a 303 to the form's `error_redirect_url`.
+
+    The target is the forms file's URL (checked against the form's origins at start-up) with
+    `error=<reason>` and, for invalid fields, `fields=<names>` added; never a URL from the
+    request.
+    """
+    reason = ERROR_REASONS.get(status)
+    if not (wants_html and form.error_redirect_url and reason):
+        return error_response(status, message, errors)
+    params = {"error": reason}
+    if errors:
+        params["fields"] = ",".join(sorted(errors))[:500]
+    parts = urlsplit(form.error_redirect_url)
+    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
+    target = urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+    return RedirectResponse(target, status_code=303)
+
+
 async def _replay(
-    ctx: IntakeContext, form: Form, key: str, body_hash: str
+    ctx: IntakeContext, form: Form, key: str, body_hash: str, *, wants_html: bool
 ) -> Submission | Response | None:
+    """The submission stored under this key (a replay), a refusal (409, 503), or None."""
     try:
         existing = await ctx.store.find_by_key(form.id, key)
-    except SQLAlchemyError:
-        log.exception("intake.store_failed", extra={"form_id": form.id})
+    except SQLAlchemyError as exc:
+        log.error("intake.store_failed", extra={"form_id": form.id, "error": type(exc).__name__})
         return error_response(503, "the submission could not be stored; try again")
     if existing is None:
         return None
     if existing.body_hash != body_hash:
-        return error_response(409, "this idempotency key was used with a different body")
+        return _refused(form, 409, CONFLICT_MESSAGE, wants_html=wants_html)
     return existing
 
 
@@ -234,16 +440,3 @@ def _invalid_contacts(fields: Mapping[str, list[str]]) -> dict[str, str]:
 
 def _phone_chars_ok(phone: str) -> bool:
     return all(ch.isdigit() or ch in " +-().#/x,;ext" for ch in phone.lower())
-
-
-def _origin_denied(request: Request, settings: Settings) -> Response | None:
-    allowed = settings.ALLOWED_ORIGINS
-    if not allowed:
-        return None
-    origin = request.headers.get("origin")
-    if origin is None and (referer := request.headers.get("referer")):
-        parts = urlsplit(referer)
-        origin = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "null"
-    if origin is None or origin.rstrip("/") in allowed:
-        return None
-    return error_response(403, "this origin may not post to this gateway")
