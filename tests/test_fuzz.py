@@ -85,7 +85,7 @@ OPENAPI_WARNING = pytest.mark.filterwarnings("ignore:Duplicate Operation ID:User
 @OPENAPI_WARNING
 @schema.parametrize()
 @settings(
-    max_examples=20,
+    max_examples=15,
     deadline=None,
     database=None,  # no .hypothesis folder in the working tree
     suppress_health_check=list(HealthCheck),
@@ -140,7 +140,7 @@ CONTENT_TYPES = st.sampled_from(
         None,
     ]
 )
-PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, database=None)
+PROPERTY_SETTINGS = settings(max_examples=50, deadline=None, database=None)
 
 
 @PROPERTY_SETTINGS

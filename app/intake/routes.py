@@ -260,7 +260,9 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
 
     trace = check_trace(body.trace, max_bytes=ctx.settings.MAX_TRACE_BYTES)
     body_hash = _hash(fields, body.trace)
-    if key is not None:
+    # With a captcha, a replay is answered before verifying: a token verifies only once. Without
+    # one, the insert itself detects a replay (ON CONFLICT on the key), which saves a read.
+    if key is not None and ctx.captcha is not None and form.captcha:
         existing = await _replay(ctx, form, key, body_hash, wants_html=wants_html)
         if isinstance(existing, Response):
             return existing

@@ -460,7 +460,7 @@ class Store:
         timestamps, error codes and the Bitrix ids stay. The body hash is replaced by a marker,
         so an erased row is not selected again. Returns how many rows were erased.
         """
-        async with self.engine.begin() as conn:
+        async with self._writer.begin() as conn:
             rows = (
                 await conn.execute(
                     select(submissions.c.id, submissions.c.crm)
