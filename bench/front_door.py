@@ -1,7 +1,7 @@
 """Front-door cost: the ingest run with origin checks, the per-client rate limit (set high so
 it never refuses) and idempotency keys on, against the same run with them off, alternating.
 
-    python -m bench.front_door [--rounds 3] [--seconds 10] [--connections 16]
+    python -m bench.front_door [--rounds 3] [--seconds 8] [--connections 16]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def run(rounds: int, seconds: int, connections: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="front-door checks on vs off")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
     print(json.dumps(run(args.rounds, args.seconds, args.connections), indent=2))

@@ -1,6 +1,6 @@
 """Ingest benchmark: the gateway against a bare FastAPI endpoint, side by side in one run.
 
-    python -m bench.ingest [--rounds 3] [--seconds 10] [--connections 16]
+    python -m bench.ingest [--rounds 3] [--seconds 8] [--connections 16]
 
 Both run under the same uvicorn settings and are loaded by the same wrk script (an urlencoded
 form with a trace), alternating gateway and baseline each round. The gateway commits every
@@ -152,7 +152,7 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description="gateway ingest vs a bare FastAPI endpoint")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
     print(json.dumps(run(args.rounds, args.seconds, args.connections, {}), indent=2))
