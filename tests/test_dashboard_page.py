@@ -59,3 +59,42 @@ async def test_admin_dashboard_and_sandbox_status_show_the_run(
     assert status.status_code == 200 and "<svg" in status.text and "(sandbox)" in status.text
     async with gateway.client() as client:
         assert (await client.get("/status")).status_code == 404  # a real portal: admin only
+
+
+async def test_the_page_draws_a_seeded_history_hour_by_hour(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from app.admin.dashboard import dashboard_html
+    from app.store import AttemptRecord, NewSubmission, Outcome, Store, create_engine, migrate
+
+    engine = create_engine(f"sqlite+aiosqlite:///{Path(str(tmp_path)) / 'history.db'}")
+    await migrate(engine)
+    store = Store(engine)
+    now = datetime(2026, 11, 1, 12, 30, tzinfo=UTC)
+    # 3 hours ago: 4 received, 4 delivered; 1 hour ago: 2 received, none delivered (stuck).
+    history = [(now - timedelta(hours=3), 4, True), (now - timedelta(hours=1), 2, False)]
+    for at, count, delivered in history:
+        for i in range(count):
+            sid = f"{at:%H}-{i}"
+            await store.enqueue(
+                NewSubmission(
+                    id=sid,
+                    form_id="contact",
+                    entity="lead",
+                    fields={},
+                    crm={},
+                    body_hash=sid,
+                ),
+                now=at,
+            )
+            if delivered:
+                await store.claim_due(now=at, limit=1, lease=timedelta(seconds=30))
+                done = at + timedelta(minutes=5)
+                outcome = Outcome(sid, AttemptRecord(1, at, done, "delivered"), {"lead": i + 1})
+                await store.record_outcomes([outcome], now=done)
+    page = await dashboard_html(store, now=now, title="t")
+    await engine.dispose()
+    assert "received 4</title>" in page and "delivered 4</title>" in page
+    assert "09:00 received 4</title>" in page and "09:00 delivered 4</title>" in page
+    assert "11:00 received 2</title>" in page and "11:00 delivered 0</title>" in page
+    assert "backlog 2 · failed 0" in page
