@@ -46,7 +46,20 @@ class RunningServer:
             timeout_graceful_shutdown=2,
         )
         server = uvicorn.Server(config)
-        thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+
+        async def serve() -> None:
+            await server.serve()
+            # Browsers keep connections open, and a request cut off by the graceful-shutdown
+            # timeout leaves its transport open: close what is left, and give the transports
+            # the loop turns they need to finish closing before asyncio.run closes the loop,
+            # or they are collected unclosed (ResourceWarning, an error under our filters).
+            for connection in list(server.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None and not transport.is_closing():
+                    transport.close()
+            await asyncio.sleep(0.2)
+
+        thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
         thread.start()
         deadline = time.monotonic() + 15
         while not server.started:

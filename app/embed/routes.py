@@ -31,13 +31,15 @@ def _matches(if_none_match: str) -> bool:
     return any(tag in ("*", ETAG) for tag in tags)
 
 
-@router.api_route(
+@router.get(
     "/embed.js",
-    methods=["GET", "HEAD"],
     summary="The script a landing page includes to attach the trace to its forms",
     response_class=Response,
     responses={200: {"content": {"text/javascript": {}}}, 304: {"description": "Not modified"}},
 )
+# HEAD separately and out of the schema: one route with both methods gives two operations the
+# same id, which FastAPI warns about when it builds /openapi.json.
+@router.head("/embed.js", include_in_schema=False)
 async def embed_js(request: Request) -> Response:
     if _matches(request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=HEADERS)

@@ -17,12 +17,14 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; for SQLite the file's folder is created and WAL + full sync set."""
     parsed = make_url(url)
+    # hide_parameters: a database error's message must not carry the row's values (names,
+    # phones, emails) into a logged traceback.
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        return create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
