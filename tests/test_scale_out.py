@@ -178,7 +178,7 @@ async def test_two_api_replicas_accept_2000_concurrent_submissions_without_loss(
 
 
 async def _wait_up(url: str) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     async with httpx.AsyncClient() as client:
         while True:
             try:
@@ -188,3 +188,17 @@ async def _wait_up(url: str) -> None:
                 pass
             assert time.monotonic() < deadline, "a replica did not start"
             await asyncio.sleep(0.1)
+
+
+async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    from app.store import migrate
+
+    engines = [create_engine(pg_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(migrate(engine) for engine in engines))
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    engine = create_engine(pg_url)
+    assert (await Store(engine).search()).total == 0
+    await engine.dispose()

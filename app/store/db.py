@@ -7,11 +7,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_KEY = 0x62_32_34_6D_67  # "b24mg", an arbitrary advisory-lock key
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -55,4 +56,10 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(config, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas start together: one migrates, the others wait here, then find the
+            # schema current. Without it two could both try to create the tables.
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         await conn.run_sync(_upgrade)
