@@ -14,7 +14,6 @@ test:
 lint:
 	ruff check app tests && ruff format --check app tests && mypy
 
-# Harmless until bench/ has an entry point: then it runs `python -m bench`.
+# All benchmarks, side by side (needs `wrk`); see bench/README.md.
 bench:
-	@if [ -f bench/__main__.py ]; then python -m bench; \
-	else echo "no benchmarks yet: they live in bench/ (add bench/__main__.py to run them here)"; fi
+	python -m bench

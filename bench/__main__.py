@@ -1,4 +1,4 @@
-"""All benchmarks in one run (about 5 minutes on 2 cores): `python -m bench` or `make bench`.
+"""All benchmarks in one run (under 5 minutes on 2 cores): `python -m bench` or `make bench`.
 
 Prints each benchmark's JSON, then the ratios against their goals.
 """
@@ -13,10 +13,10 @@ from bench import drain, front_door, ingest
 
 def main() -> None:
     results = {
-        "ingest": ingest.run(3, 8, 16, {}),
-        "front_door": front_door.run(3, 8, 16),
+        "ingest": ingest.run(3, 6, 16, {}),
+        "front_door": front_door.run(3, 6, 16),
         "drain_leads": asyncio.run(drain.run(10000, 2.0, 50, "lead")),
-        "drain_deals": asyncio.run(drain.run(1500, 2.0, 50, "deal")),
+        "drain_deals": asyncio.run(drain.run(1200, 2.0, 50, "deal")),
     }
     for name, result in results.items():
         result.pop("per_round", None)
