@@ -38,6 +38,10 @@ async def post_many(gateway_url: str, phones: list[str], *, concurrency: int = 1
         return list(await asyncio.gather(*(one(client, p) for p in phones)))
 
 
+async def delivered_count_is(store: Store, expected: int) -> bool:
+    return (await store.count_by_status())[Status.DELIVERED] == expected
+
+
 def lead_origins(portal: Portal) -> Counter[str]:
     return Counter(str(r["ORIGIN_ID"]) for r in portal.records("lead"))
 
@@ -59,10 +63,7 @@ async def test_a_20_s_outage_and_random_5xx_lose_and_double_nothing(
         ids = await posting
         store = await gateway.store()
 
-        async def done() -> bool:
-            return (await store.count_by_status())[Status.DELIVERED] == 300
-
-        await wait_for(done, within=90, interval=0.25)
+        await wait_for(lambda: delivered_count_is(store, 300), within=90, interval=0.25)
         counts = portal.state()["counts"]
         assert counts["fault_outage"] > 0 and counts["fault_failure"] > 0
         assert lead_origins(portal) == Counter({i: 1 for i in ids})
@@ -81,10 +82,7 @@ async def test_a_backlog_of_1000_leads_drains_without_a_single_503(
         gateway = await make_gateway(portal, DATABASE_URL=db_url)
         store = await gateway.store()
 
-        async def done() -> bool:
-            return (await store.count_by_status())[Status.DELIVERED] == 1000
-
-        await wait_for(done, within=60, interval=0.2)
+        await wait_for(lambda: delivered_count_is(store, 1000), within=60, interval=0.2)
         state = portal.state()
         assert state["counts"].get("rejected_rate_limit", 0) == 0
         assert lead_origins(portal) == Counter({i: 1 for i in ids})
@@ -112,10 +110,7 @@ async def test_the_client_paces_itself_to_the_portal_limit_past_the_burst(
         store = await gateway.store()
         started = time.monotonic()
 
-        async def done() -> bool:
-            return (await store.count_by_status())[Status.DELIVERED] == 300
-
-        await wait_for(done, within=60, interval=0.1)
+        await wait_for(lambda: delivered_count_is(store, 300), within=60, interval=0.1)
         elapsed = time.monotonic() - started
         state = portal.state()
         assert state["counts"].get("rejected_rate_limit", 0) == 0
@@ -138,10 +133,7 @@ async def test_query_limit_exceeded_slows_down_and_retries_without_failing(
         gateway = await make_gateway(portal, DATABASE_URL=db_url, WORKER_BATCH_SIZE=2)
         store = await gateway.store()
 
-        async def done() -> bool:
-            return (await store.count_by_status())[Status.DELIVERED] == 20
-
-        await wait_for(done, within=60, interval=0.1)
+        await wait_for(lambda: delivered_count_is(store, 20), within=60, interval=0.1)
         assert portal.state()["counts"].get("rejected_rate_limit", 0) >= 1
         assert (await store.count_by_status())[Status.FAILED] == 0
         assert lead_origins(portal) == Counter({i: 1 for i in ids})
