@@ -50,13 +50,10 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 @dataclass(slots=True)
 class Runtime:
-    """What the lifespan built, reachable from `app.state.runtime` (tests and probes use it)."""
+    """What the lifespan built that the probes read, at `app.state.runtime`."""
 
-    settings: Settings
     store: Store
     client: BitrixClient
-    worker: Worker | None
-    emulator: Emulator | None
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -77,18 +74,22 @@ def worker_config(settings: Settings) -> WorkerConfig:
 def build_client(
     settings: Settings, emulator_app: ASGIApp | None, *, metrics: Metrics | None = None
 ) -> BitrixClient:
-    common = {
-        "observer": metrics,
-        "timeout_seconds": settings.BITRIX_TIMEOUT_SECONDS,
-        "connect_timeout_seconds": settings.BITRIX_CONNECT_TIMEOUT_SECONDS,
-        "rate_per_second": settings.BITRIX_RATE_PER_SECOND,
-        "burst": settings.BITRIX_BURST,
-    }
+    transport: httpx.AsyncBaseTransport | None = None
     if settings.B24_WEBHOOK_URL is None:
         # Sandbox: calls go in-process to the emulator; no socket, so no real portal, ever.
+        url = SANDBOX_WEBHOOK
         transport = httpx.ASGITransport(app=emulator_app)  # type: ignore[arg-type]
-        return BitrixClient(SANDBOX_WEBHOOK, transport=transport, **common)  # type: ignore[arg-type]
-    return BitrixClient(settings.B24_WEBHOOK_URL.get_secret_value(), **common)  # type: ignore[arg-type]
+    else:
+        url = settings.B24_WEBHOOK_URL.get_secret_value()
+    return BitrixClient(
+        url,
+        timeout_seconds=settings.BITRIX_TIMEOUT_SECONDS,
+        connect_timeout_seconds=settings.BITRIX_CONNECT_TIMEOUT_SECONDS,
+        rate_per_second=settings.BITRIX_RATE_PER_SECOND,
+        burst=settings.BITRIX_BURST,
+        transport=transport,
+        observer=metrics,
+    )
 
 
 def admin_context(settings: Settings, store: Store) -> admin.AdminContext:
@@ -133,7 +134,7 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
             if settings.WORKER
             else None
         )
-        app.state.runtime = Runtime(settings, store, client, worker, emulator)
+        app.state.runtime = Runtime(store, client)
         app.state.intake.on_accepted = worker.wake if worker else (lambda: None)
         if admin_ctx is not None:  # a retry by hand is delivered at once, not at the next poll
             admin_ctx.on_requeued = worker.wake if worker else (lambda: None)

@@ -283,3 +283,31 @@ async def test_a_honeypot_hit_is_answered_as_success_stored_as_spam_never_delive
     stored = await store.get(spam.json()["id"])
     assert stored is not None and stored.status is Status.SPAM
     assert leads_with_origin(portal, spam.json()["id"]) == []
+
+
+async def test_503_only_when_the_gateways_own_database_cannot_commit(
+    portal: Portal, make_gateway: MakeGateway
+) -> None:
+    from sqlalchemy import text
+
+    gateway = await make_gateway(portal, WORKER=False)
+    async with gateway.client() as client:
+        ok = await client.post("/forms/contact", data={"phone": "+15550001111"})
+        assert ok.status_code == 202
+        store = await gateway.store()
+        # The database breaks under the running gateway: its table is gone.
+        async with store.engine.begin() as conn:
+            await conn.execute(text("DROP TABLE delivery_attempts"))
+            await conn.execute(text("DROP TABLE submissions"))
+        failed = await client.post("/forms/contact", data={"phone": "+15550002222"})
+        keyed = await client.post(
+            "/forms/contact", data={"phone": "+15550003333"}, headers={"Idempotency-Key": "k"}
+        )
+        bad = await client.post("/forms/contact", data={"name": "no contact"})
+        ready = await client.get("/readyz")
+    for response in (failed, keyed):
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert response.json()["error"]
+    assert bad.status_code == 422  # client mistakes are still answered as such
+    assert ready.status_code == 503

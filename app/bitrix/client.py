@@ -109,7 +109,6 @@ class BitrixClient:
         self.last_success_at: float | None = None
         self.last_failure_at: float | None = None
         self.last_error_code: str | None = None
-        self.requests_sent = 0
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -170,7 +169,6 @@ class BitrixClient:
         started = time.monotonic()
         if self._observer is not None:
             self._observer.limiter_waited(started - waiting)
-        self.requests_sent += 1
         status = "error"
         try:
             response = await self._http.post(self._base + method, json=payload)

@@ -402,25 +402,6 @@ class Store:
             )
         )
 
-    async def release(self, submission_ids: Sequence[str], *, now: datetime) -> None:
-        """Hand claimed rows back untouched (shutdown before their call was sent)."""
-        if not submission_ids:
-            return
-        async with self._writer.begin() as conn:
-            await conn.execute(
-                update(submissions)
-                .where(
-                    submissions.c.id.in_(list(submission_ids)),
-                    submissions.c.status == Status.DELIVERING.value,
-                )
-                .values(
-                    lease_until=None,
-                    attempts=submissions.c.attempts - 1,
-                    next_attempt_at=now,
-                    updated_at=now,
-                )
-            )
-
     async def requeue(self, submission_id: str, *, now: datetime) -> bool:
         """Make a failed submission due again (a retry by hand). False if it is not failed.
 
