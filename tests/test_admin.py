@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -21,6 +19,8 @@ import pytest
 from app.admin.service import mask_secrets
 from app.main import cli
 from app.store import Status, Store
+from tests.cli import clean_env
+from tests.cli import run_cli as shared_run_cli
 from tests.conftest import Gateway, Portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
@@ -355,26 +355,8 @@ async def test_retry_failed_requeues_every_failed_submission(
 # --------------------------------------------------------------------------- the CLI
 
 
-def console_script() -> str:
-    return str(Path(sys.executable).parent / "b24-form-gateway")
-
-
 def run_cli(args: list[str], *, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("B24_", "DATABASE_URL", "FORMS_FILE", "ADMIN_TOKEN"))
-    }
-    env["DATABASE_URL"] = database_url
-    return subprocess.run(
-        [console_script(), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return shared_run_cli(args, cwd, clean_env(DATABASE_URL=database_url))
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ start-up with a message naming the variable; secrets and personal data stay out 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,13 +16,8 @@ import httpx
 import pytest
 
 from app.pages import SAMPLE_TRACE
+from tests.cli import clean_env, console_script, run_cli
 from tests.servers import free_port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("B24_", "DATABASE_URL"))}
-    env.update(extra)
-    return env
 
 
 @dataclass
@@ -66,10 +60,6 @@ def wait_healthy(url: str, running: Process) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("no /healthz within 30 s")
-
-
-def console_script() -> str:
-    return str(Path(sys.executable).parent / "b24-form-gateway")
 
 
 def test_serve_in_an_empty_folder_runs_in_sandbox_mode_and_shows_the_lead(tmp_path: Path) -> None:
@@ -125,15 +115,7 @@ def test_a_bad_setting_stops_start_up_naming_it(
     tmp_path: Path, env: dict[str, str], names: list[str]
 ) -> None:
     (tmp_path / "forms.toml").write_text("[forms.x]\nentity = 'invoice'\n")
-    result = subprocess.run(
-        [console_script(), "serve"],
-        cwd=tmp_path,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli(["serve"], tmp_path, clean_env(**env))
     assert result.returncode == 2
     for name in names:
         assert name in result.stderr
@@ -196,18 +178,6 @@ def test_the_emulator_runs_standalone(tmp_path: Path) -> None:
         assert response.status_code == 200 and response.json()["result"] == 1
         wrong = httpx.post(f"{base}/rest/1/other/crm.lead.add", json={"fields": {}})
         assert wrong.status_code == 401 and wrong.json()["error"] == "INVALID_CREDENTIALS"
-
-
-def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [console_script(), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_migrate_creates_the_schema_and_the_worker_refuses_sandbox_mode(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ import pytest
 
 from app.store import Status, Store, create_engine
 from tests.backlog import enqueue_leads
+from tests.cli import console_script
 from tests.conftest import Gateway, Portal, new_portal, wait_for
 from tests.servers import free_port
 
@@ -219,7 +219,7 @@ def serve(tmp_path: Path, portal: Portal, port: int, log_name: str) -> subproces
         "WORKER_BATCH_SIZE": "20",
         "RATE_LIMIT_PER_IP": "0",
     }
-    command = [str(Path(sys.executable).parent / "b24-form-gateway"), "serve", "--port", str(port)]
+    command = [console_script(), "serve", "--port", str(port)]
     with (tmp_path / log_name).open("wb") as log:
         return subprocess.Popen(
             command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT

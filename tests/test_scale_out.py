@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,12 +21,13 @@ import pytest
 
 from app.store import Status, Store, create_engine
 from tests.backlog import enqueue_leads
+from tests.cli import console_script
 from tests.conftest import PG_URL, Portal, fresh_postgres, new_portal, wait_for
 from tests.servers import free_port
 
 pytestmark = pytest.mark.skipif(PG_URL is None, reason="TEST_DATABASE_URL is not set")
 
-CLI = str(Path(sys.executable).parent / "b24-form-gateway")
+CLI = console_script()
 
 
 @pytest.fixture
