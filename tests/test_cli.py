@@ -4,6 +4,7 @@ start-up with a message naming the variable; secrets and personal data stay out 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -187,3 +188,27 @@ def test_migrate_creates_the_schema_and_the_worker_refuses_sandbox_mode(tmp_path
     assert (tmp_path / "m.db").is_file()
     result = run_cli(["worker"], tmp_path, env)
     assert result.returncode == 2 and "B24_WEBHOOK_URL" in result.stderr
+
+
+def test_log_lines_carry_the_request_id_and_the_submission_id(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(LOG_FORMAT="json")
+    with process([console_script(), "serve", "--port", str(port)], tmp_path, env) as proc:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/forms/contact",
+            json={"phone": "+15550001111"},
+            headers={"X-Request-ID": "req-abc123"},
+        )
+        assert response.headers["x-request-id"] == "req-abc123"
+        submission_id = response.json()["id"]
+        deadline = time.monotonic() + 15
+        while "delivery.delivered" not in proc.output:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    lines = [json.loads(line) for line in proc.output.splitlines() if line.startswith("{")]
+    accepted = [e for e in lines if e["event"] == "intake.accepted"]
+    assert accepted and accepted[0]["request_id"] == "req-abc123"
+    assert accepted[0]["submission_id"] == submission_id
+    delivered = [e for e in lines if e["event"] == "delivery.delivered"]
+    assert delivered and delivered[0]["submission_id"] == submission_id
