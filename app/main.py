@@ -60,7 +60,10 @@ def worker_config(settings: Settings) -> WorkerConfig:
     return WorkerConfig(
         originator_id=settings.ORIGINATOR_ID,
         batch_size=settings.WORKER_BATCH_SIZE,
-        lease_seconds=settings.LEASE_SECONDS,
+        unknown_wait_seconds=settings.UNKNOWN_OUTCOME_WAIT_SECONDS,
+        batch_max_bytes=settings.BATCH_MAX_BYTES,
+        quote_field=settings.QUOTE_ORIGIN_FIELD,
+        create_marker_fields=settings.CREATE_MARKER_FIELDS,
         poll_seconds=settings.WORKER_POLL_SECONDS,
         policy=RetryPolicy(
             base_seconds=settings.RETRY_BASE_SECONDS,

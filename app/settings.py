@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/gateway.db"
+# A custom CRM field code as crm.*.userfield.add makes it (UF_CRM_ + A-Z 0-9 _, 50 at most).
+_USER_FIELD_RE = re.compile(r"^UF_CRM_[A-Z0-9_]{1,43}$")
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 
 
@@ -116,7 +118,16 @@ class Settings(BaseSettings):
     # --- delivery worker ---
     WORKER_POLL_SECONDS: float = Field(default=1.0, gt=0)
     WORKER_BATCH_SIZE: int = Field(default=50, ge=1, le=50)
-    LEASE_SECONDS: float = Field(default=300.0, gt=0)
+    # After an answer is lost, the portal may still be running the request (PHP goes on to the
+    # end, up to its 60 s request limit): neither look up nor create again before this many
+    # seconds from when it was sent. Also how soon a crashed worker's claims come back.
+    UNKNOWN_OUTCOME_WAIT_SECONDS: float = Field(default=70.0, gt=0)
+    # The largest batch request body; bigger batches are split (proxies refuse large bodies).
+    BATCH_MAX_BYTES: int = Field(default=512 * 1024, ge=16 * 1024)
+    # The quote's identity marker: a custom string field of the portal (quotes have no
+    # ORIGIN_ID). `check --create-fields` creates it; CREATE_MARKER_FIELDS lets the worker.
+    QUOTE_ORIGIN_FIELD: str = "UF_CRM_B24FG_ORIGIN"
+    CREATE_MARKER_FIELDS: bool = True
     RETRY_BASE_SECONDS: float = Field(default=5.0, ge=0)
     RETRY_MAX_DELAY_SECONDS: float = Field(default=900.0, ge=0)
     RETRY_HORIZON_SECONDS: float = Field(default=3 * 24 * 3600.0, gt=0)
@@ -186,6 +197,13 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return raw if raw.endswith("/") else raw + "/"
+
+    @field_validator("QUOTE_ORIGIN_FIELD")
+    @classmethod
+    def _check_quote_field(cls, value: str) -> str:
+        if not _USER_FIELD_RE.match(value):
+            raise ValueError("must be a custom field code like UF_CRM_B24FG_ORIGIN (A-Z, 0-9, _)")
+        return value
 
     @field_validator("RATE_LIMIT_PER_IP")
     @classmethod
