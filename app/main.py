@@ -100,7 +100,7 @@ def admin_context(settings: Settings, store: Store) -> admin.AdminContext:
     return admin.AdminContext(
         store=store,
         token=settings.ADMIN_TOKEN,
-        preview=functools.partial(preview, originator_id=settings.ORIGINATOR_ID),
+        preview=functools.partial(preview, identity=worker_config(settings).identity),
     )
 
 

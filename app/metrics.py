@@ -63,6 +63,11 @@ class Metrics:
             ["kind", "code"],
             registry=r,
         )
+        self.portal_moves = Counter(
+            "gateway_portal_moved",
+            "Redirects from a renamed portal that were followed (update B24_WEBHOOK_URL).",
+            registry=r,
+        )
         self.limiter_wait = Counter(
             "gateway_rate_limiter_wait_seconds",
             "Time spent waiting for the client-side portal rate limiter.",
@@ -79,6 +84,9 @@ class Metrics:
 
     def portal_error(self, kind: str, code: str) -> None:
         self.portal_errors.labels(kind=kind, code=code).inc()
+
+    def portal_moved(self) -> None:
+        self.portal_moves.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -212,7 +212,7 @@ def serve(tmp_path: Path, portal: Portal, port: int, log_name: str) -> subproces
         **{k: v for k, v in os.environ.items() if not k.startswith("B24_")},
         "B24_WEBHOOK_URL": portal.webhook_url,
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'killed.db'}",
-        "LEASE_SECONDS": "3",
+        "UNKNOWN_OUTCOME_WAIT_SECONDS": "3",
         "RETRY_BASE_SECONDS": "0.05",
         "RETRY_MAX_DELAY_SECONDS": "0.3",
         "WORKER_POLL_SECONDS": "0.1",

@@ -41,7 +41,7 @@ def env_for(portal: Portal, db_url: str, **extra: str) -> dict[str, str]:
     env.update(
         B24_WEBHOOK_URL=portal.webhook_url,
         DATABASE_URL=db_url,
-        LEASE_SECONDS="3",
+        UNKNOWN_OUTCOME_WAIT_SECONDS="3",
         RETRY_BASE_SECONDS="0.05",
         RETRY_MAX_DELAY_SECONDS="0.3",
         WORKER_POLL_SECONDS="0.1",

@@ -1,6 +1,11 @@
 """The Bitrix24 REST client: calls, batches, error classes, the request rate limiter."""
 
-from app.bitrix.client import MAX_BATCH_COMMANDS, BatchResult, BitrixClient
+from app.bitrix.client import (
+    MAX_BATCH_COMMANDS,
+    BatchResult,
+    BitrixClient,
+    batch_body_bytes,
+)
 from app.bitrix.encoding import Ref, command, encode_params
 from app.bitrix.errors import (
     BitrixError,
@@ -11,8 +16,10 @@ from app.bitrix.errors import (
     PermanentError,
     PortalMoved,
     RateLimited,
+    Refused,
     RejectedError,
     TransientError,
+    Unavailable,
     Unreachable,
     classify,
 )
@@ -30,9 +37,12 @@ __all__ = [
     "PortalMoved",
     "RateLimited",
     "Ref",
+    "Refused",
     "RejectedError",
     "TransientError",
+    "Unavailable",
     "Unreachable",
+    "batch_body_bytes",
     "classify",
     "command",
     "encode_params",

@@ -5,11 +5,15 @@ parsing of answers into results or classified errors. It never retries: the work
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -26,6 +30,8 @@ from app.bitrix.errors import (
     classify,
 )
 
+log = logging.getLogger("app.bitrix")
+
 MAX_BATCH_COMMANDS = 50
 RATE_MARGIN = 0.97
 RATE_LIMIT_PAUSE_SECONDS = 1.0
@@ -33,6 +39,12 @@ RATE_LIMIT_SLOW_SECONDS = 60.0
 OPERATION_LIMIT_DEFAULT_SECONDS = 60.0
 EXCERPT_CHARS = 300
 USER_AGENT = "b24-form-gateway/0.1"
+MAX_REDIRECTS = 3
+# Cloud portals live at <name>.bitrix24.<tld> (bitrix24.com, .de, .com.br, ...); a redirect is
+# followed only there, since the repeated POST carries the webhook secret in its path.
+_BITRIX24_HOST = re.compile(r"^(?:[a-z0-9-]+\.)+bitrix24\.[a-z]{2,3}(?:\.[a-z]{2})?$")
+
+BeforeSend = Callable[[], Awaitable[None]]
 
 JSONValue = object
 
@@ -56,6 +68,8 @@ class RequestObserver(Protocol):
     def limiter_waited(self, seconds: float) -> None: ...
 
     def portal_error(self, kind: str, code: str) -> None: ...
+
+    def portal_moved(self) -> None: ...
 
 
 def _as_map(value: object) -> dict[str, object]:
@@ -106,6 +120,8 @@ class BitrixClient:
         # OPERATION_TIME_LIMIT blocks one method until a reset time (unix seconds, §4.2).
         self._blocked_until: dict[str, float] = {}
         self._operating_reset_at: dict[str, float] = {}
+        # The host a renamed portal redirected us to (docs/bitrix24.md §1.4); None until then.
+        self.moved_to: str | None = None
         self.last_success_at: float | None = None
         self.last_failure_at: float | None = None
         self.last_error_code: str | None = None
@@ -113,18 +129,32 @@ class BitrixClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def call(self, method: str, params: Mapping[str, object] | None = None) -> JSONValue:
-        """One REST method; returns its `result`, raises a BitrixError subclass otherwise."""
-        body = await self._post(method, dict(params or {}))
+    async def call(
+        self,
+        method: str,
+        params: Mapping[str, object] | None = None,
+        *,
+        before_send: BeforeSend | None = None,
+    ) -> JSONValue:
+        """One REST method; returns its `result`, raises a BitrixError subclass otherwise.
+
+        `before_send` runs after the rate limiter lets the request go, just before it is sent.
+        """
+        body = await self._post(method, dict(params or {}), before_send=before_send)
         return body.get("result")
 
-    async def batch(self, commands: Mapping[str, str], *, halt: bool) -> BatchResult:
-        """Run up to 50 commands in one request (§5); per-command errors are classified alone."""
+    async def batch(
+        self, commands: Mapping[str, str], *, halt: bool, before_send: BeforeSend | None = None
+    ) -> BatchResult:
+        """Run up to 50 commands in one request (docs/bitrix24.md §5); per-command errors are
+        classified alone."""
         if not commands:
             return BatchResult()
         if len(commands) > MAX_BATCH_COMMANDS:
             raise ValueError(f"a batch takes at most {MAX_BATCH_COMMANDS} commands")
-        body = await self._post("batch", {"halt": 1 if halt else 0, "cmd": dict(commands)})
+        body = await self._post(
+            "batch", batch_payload(commands, halt=halt), before_send=before_send
+        )
         outer = body.get("result")
         outer_map = _as_map(outer)
         results = _as_map(outer_map.get("result"))
@@ -161,11 +191,70 @@ class BitrixClient:
             return None
         return until
 
-    async def _post(self, method: str, payload: dict[str, object]) -> dict[str, object]:
+    async def _post(
+        self, method: str, payload: dict[str, object], *, before_send: BeforeSend | None = None
+    ) -> dict[str, object]:
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._send(method, payload, before_send=before_send)
+            if not 300 <= response.status_code < 400:
+                return self._parse(method, response)
+            self._follow(method, response)
+        raise self._failed(
+            PortalMoved(
+                "the portal keeps redirecting; check B24_WEBHOOK_URL",
+                code="PORTAL_MOVED",
+                http_status=302,
+                method=method,
+            )
+        )
+
+    def _follow(self, method: str, response: httpx.Response) -> None:
+        """A renamed portal answers 302 with its new address (docs/bitrix24.md §1.4): repeat
+        the POST there, keeping our webhook path, when the new host is a Bitrix24 portal."""
+        location = urlsplit(response.headers.get("location", ""))
+        current = urlsplit(self._base)
+        host = (location.hostname or "").lower()
+        if not location.scheme and not host:
+            host, location = current.hostname or "", current  # a relative redirect: same host
+        loopback_ok = _is_loopback(current.hostname) and _is_loopback(host)
+        secure = location.scheme == "https" or (location.scheme == "http" and loopback_ok)
+        if not secure or not (_BITRIX24_HOST.match(host) or loopback_ok):
+            # The Location is not logged: it may carry a secret; the host alone is safe.
+            raise self._failed(
+                PortalMoved(
+                    f"the portal redirects to {host or 'an unknown place'}, which is not a "
+                    "Bitrix24 portal; check B24_WEBHOOK_URL",
+                    code="PORTAL_MOVED",
+                    http_status=response.status_code,
+                    method=method,
+                )
+            )
+        netloc = host if location.port is None else f"{host}:{location.port}"
+        new_base = f"{location.scheme}://{netloc}{current.path}"
+        if new_base == self._base:
+            return
+        self._base = new_base
+        self.moved_to = netloc
+        log.warning(
+            "portal.moved",
+            extra={
+                "old_host": current.hostname,
+                "new_host": netloc,
+                "detail": "the portal was renamed; update B24_WEBHOOK_URL to the new host",
+            },
+        )
+        if self._observer is not None:
+            self._observer.portal_moved()
+
+    async def _send(
+        self, method: str, payload: dict[str, object], *, before_send: BeforeSend | None
+    ) -> httpx.Response:
         waiting = time.monotonic()
         if self._pause_until > waiting:
             await asyncio.sleep(self._pause_until - waiting)
         await self._limiter.acquire(2 if time.monotonic() < self._slow_until else 1)
+        if before_send is not None:
+            await before_send()
         started = time.monotonic()
         if self._observer is not None:
             self._observer.limiter_waited(started - waiting)
@@ -183,38 +272,32 @@ class BitrixClient:
             status = "no_answer"
             # Sent, but no complete answer: the portal may have run it (§3).
             error = OutcomeUnknown(
-                f"no complete answer from the portal ({type(exc).__name__})", method=method
+                f"no complete answer from the portal ({type(exc).__name__})",
+                method=method,
+                settled=False,
             )
             raise self._failed(error) from None
         finally:
             if self._observer is not None:
                 self._observer.portal_request(method, status, time.monotonic() - started)
-        return self._parse(method, response)
+        return response
 
     def _parse(self, method: str, response: httpx.Response) -> dict[str, object]:
         status = response.status_code
-        if 300 <= status < 400:
-            # The Location holds the webhook path (a secret): report the move, never the URL.
-            raise self._failed(
-                PortalMoved(
-                    "the portal redirects: it was renamed; update B24_WEBHOOK_URL",
-                    code="PORTAL_MOVED",
-                    http_status=status,
-                    method=method,
-                )
-            )
         try:
             body = response.json()
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            # Proxies and overload answer with HTML (§2.3): treat as transport trouble.
+            # Proxies, WAFs and overload answer with HTML (docs/bitrix24.md §2.3): never the
+            # portal's verdict, whatever the status.
             error = classify(
                 None,
                 f"non-JSON answer (HTTP {status})",
-                http_status=status if status != 200 else 502,
+                http_status=status,
                 excerpt=_excerpt(response.text),
                 method=method,
+                portal_json=False,
             )
             raise self._failed(error)
         if status != 200 or "error" in body:
@@ -251,6 +334,27 @@ class BitrixClient:
             error.reset_at = reset
             self._blocked_until[error.method] = reset
         return error
+
+
+def batch_payload(commands: Mapping[str, str], *, halt: bool) -> dict[str, object]:
+    """The JSON body of a `batch` call."""
+    return {"halt": 1 if halt else 0, "cmd": dict(commands)}
+
+
+def batch_body_bytes(commands: Mapping[str, str], *, halt: bool = True) -> int:
+    """How many bytes a batch of these commands sends (for the request size cap)."""
+    return len(json.dumps(batch_payload(commands, halt=halt)).encode())
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _kind(error: BitrixError) -> str:

@@ -52,7 +52,9 @@ def marker_for(role: str, *, quote_field: str = DEFAULT_QUOTE_FIELD) -> Marker:
     raise ValueError(f"no identity marker for role {role!r}")
 
 
-def userfield_add_params(field: str, *, label: str = "b24-form-gateway submission") -> dict[str, object]:
+def userfield_add_params(
+    field: str, *, label: str = "b24-form-gateway submission"
+) -> dict[str, object]:
     """Parameters of crm.quote.userfield.add creating the quote marker field."""
     return {
         "fields": {

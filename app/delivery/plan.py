@@ -1,25 +1,30 @@
 """Turns a stored submission into Bitrix24 commands. Pure: no I/O.
 
 A submission becomes a *package*: its records in dependency order (company, contact, then the
-form's own record), and for a deal one `crm.tracking.trace.add` linking them all (§8.4).
-Delivery runs in two phases, each one batch call shared by many submissions:
+form's own record), for a deal the step that sets its company, and for a package of several
+records one `crm.tracking.trace.add` linking them all (docs/bitrix24.md §8.4). Delivery runs
+in two phases, each shared by many submissions:
 
-1. look-ups: records an interrupted attempt may have created (by ORIGIN_ID, §7.1), and the
-   existing contact or company to reuse (§7.2); nothing is sent when nothing is needed;
-2. creates: the records still missing, chained with `$result[...]` references (§5.2), then the
-   trace step.
+1. look-ups: records an interrupted attempt may have created (by their identity marker,
+   docs/bitrix24.md §7.1), and the existing contact or company to reuse (§7.2);
+2. creates: the records still missing, chained with `$result[...]` references (§5.2), then
+   the company link and the trace step.
 
-Every record carries ORIGINATOR_ID and ORIGIN_ID: `<id>` on the form's own record, `<id>:contact`
-and `<id>:company` on the others.
+Every record carries its identity marker (delivery/marker.py): ORIGINATOR_ID + ORIGIN_ID
+(`<id>` on the form's own record, `<id>:contact`, `<id>:company` on the others), or, on a quote,
+the submission id in a custom field. A look-up reads the marker back and compares it: a filter
+alone proves nothing (§0 fact 13).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.bitrix import Ref, command
+from app.delivery.marker import DEFAULT_QUOTE_FIELD, Marker, marker_for
 from app.store import Submission
 from app.trace import utm_only_trace
 
@@ -27,8 +32,32 @@ from app.trace import utm_only_trace
 CREATE_ORDER = ("company", "contact", "deal", "lead", "quote")
 METHOD_PREFIX = {role: f"crm.{role}" for role in CREATE_ORDER}
 TRACE_TYPES = {role: role.upper() for role in CREATE_ORDER}
-MAX_FINDBYCOMM_VALUES = 20  # §7.2
-TRACE_REJECTED = "trace_rejected"
+MAX_FINDBYCOMM_VALUES = 20  # docs/bitrix24.md §7.2
+# The step that sets a deal's company after the add; its progress entry holds the company id.
+LINK = "link"
+TRACE = "trace"
+
+# Trace-step flags kept in the submission's trace_problem (docs/bitrix24.md §8.3, §8.4).
+TRACE_REJECTED = "trace_rejected"  # the portal refused the trace JSON: UTM-only trace sent
+LINKS_DENIED = "links_denied:"  # + record types the webhook user may not edit: not linked
+TRACE_REFUSED = "trace_refused"  # no trace could be linked; the records exist
+# "You have no access to entity `CONTACT` with ID `123`." (crm/lib/tracking/rest.php)
+_NO_ACCESS = re.compile(r"no access to entity `([A-Z]+)`")
+# Back-references the portal substitutes inside batch values after decoding
+# (CRestUtil::processBatchElement: /\$(result|next|total|error|time)([^\s]*)/i, the path in
+# brackets; docs/bitrix24.md §0 fact 16, §5.2). A value that could match never travels in a batch.
+_BACK_REFERENCE = re.compile(r"\$(?:result|next|total|error|time)\S*\[", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """How this gateway marks the records it creates."""
+
+    originator_id: str = "b24-form-gateway"
+    quote_field: str = DEFAULT_QUOTE_FIELD
+
+    def marker(self, role: str) -> Marker:
+        return marker_for(role, quote_field=self.quote_field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +84,55 @@ class Package:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One command of the create phase; `role` is a record role or "trace"."""
+    """One command: a look-up (`role` names what it looks for) or a create-phase step (`role`
+    is a record role, LINK or TRACE). `params` may hold `Ref`s to earlier steps' results."""
 
     key: str
     role: str
-    command: str
+    method: str
+    params: Mapping[str, object]
+
+    @property
+    def command(self) -> str:
+        """The step as a batch command, `method?query` (docs/bitrix24.md §5.1)."""
+        return command(self.method, self.params)
 
 
 @dataclass(slots=True)
 class CreatePlan:
     steps: list[Step] = field(default_factory=list)
     trace_value: str | None = None  # the TRACE sent by the trace step, when there is one
+
+
+@dataclass(frozen=True, slots=True)
+class TraceState:
+    """What earlier attempts learned about this package's trace step."""
+
+    utm_only: bool = False
+    denied: frozenset[str] = frozenset()
+    refused: bool = False
+
+    @classmethod
+    def parse(cls, problem: str | None) -> TraceState:
+        utm_only = denied = refused = None
+        for part in (problem or "").split("+"):
+            if part == TRACE_REJECTED:
+                utm_only = True
+            elif part == TRACE_REFUSED:
+                refused = True
+            elif part.startswith(LINKS_DENIED):
+                denied = frozenset(t for t in part[len(LINKS_DENIED) :].split(",") if t)
+        return cls(bool(utm_only), denied or frozenset(), bool(refused))
+
+    def render(self) -> str | None:
+        parts = []
+        if self.utm_only:
+            parts.append(TRACE_REJECTED)
+        if self.denied:
+            parts.append(LINKS_DENIED + ",".join(sorted(self.denied)))
+        if self.refused:
+            parts.append(TRACE_REFUSED)
+        return "+".join(parts) or None
 
 
 def package(submission: Submission) -> Package:
@@ -82,61 +149,89 @@ def package(submission: Submission) -> Package:
 # --------------------------------------------------------------------------- phase 1
 
 
-def lookups(pkg: Package, *, originator_id: str, known: Mapping[str, int]) -> dict[str, str]:
-    """Look-up commands by name: `origin:<role>`, `phone`, `email`, `company_title`."""
-    commands: dict[str, str] = {}
+def lookups(pkg: Package, *, identity: Identity, known: Mapping[str, int]) -> list[Step]:
+    """Look-up steps, keyed `origin:<role>`, `phone`, `email`, `company_title`."""
+    steps: list[Step] = []
     if pkg.submission.outcome_unknown:
         for role in pkg.roles:
             if role not in known:
-                commands[f"origin:{role}"] = _origin_lookup(pkg, role, originator_id)
+                steps.append(_origin_lookup(pkg, role, identity))
     if pkg.match.get("contact") == "phone_email" and "contact" not in known:
         contact = pkg.records["contact"]
         for kind, name in (("PHONE", "phone"), ("EMAIL", "email")):
             values = [item["VALUE"] for item in contact.get(kind, [])][:MAX_FINDBYCOMM_VALUES]
             if values:
-                commands[name] = command(
-                    "crm.duplicate.findbycomm",
-                    {"type": kind, "values": values, "entity_type": "CONTACT"},
-                )
+                found_by = {"type": kind, "values": values, "entity_type": "CONTACT"}
+                steps.append(Step(name, "contact", "crm.duplicate.findbycomm", found_by))
     if pkg.match.get("company") == "title" and "company" not in known:
-        commands["company_title"] = command(
-            "crm.company.list",
-            {
-                "filter": {"=TITLE": pkg.records["company"]["TITLE"]},
-                "select": ["ID"],
-                "order": {"ID": "ASC"},
-                "start": -1,
-            },
-        )
-    return commands
-
-
-def _origin_lookup(pkg: Package, role: str, originator_id: str) -> str:
-    return command(
-        f"{METHOD_PREFIX[role]}.list",
-        {
-            "filter": {"=ORIGINATOR_ID": originator_id, "=ORIGIN_ID": pkg.origin_id(role)},
-            "select": ["ID"],
+        params: dict[str, object] = {
+            "filter": {"=TITLE": pkg.records["company"]["TITLE"]},
+            "select": ["ID", "TITLE"],
             "order": {"ID": "ASC"},
             "start": -1,
-        },
-    )
+        }
+        steps.append(Step("company_title", "company", "crm.company.list", params))
+    return steps
 
 
-def resolve(pkg: Package, results: Mapping[str, object]) -> dict[str, int]:
-    """Record ids the look-ups found: ours first (by ORIGIN_ID), then a match to reuse."""
+def _origin_lookup(pkg: Package, role: str, identity: Identity) -> Step:
+    marker = identity.marker(role)
+    written = marker.fields(origin_id=pkg.origin_id(role), originator_id=identity.originator_id)
+    params = {
+        "filter": {f"={name}": value for name, value in written.items()},
+        "select": ["ID", *written],
+        "order": {"ID": "ASC"},
+        "start": -1,
+    }
+    return Step(f"origin:{role}", role, f"{METHOD_PREFIX[role]}.list", params)
+
+
+def resolve(pkg: Package, results: Mapping[str, object], *, identity: Identity) -> dict[str, int]:
+    """Record ids the look-ups found: ours first (by marker), then a match to reuse."""
     found: dict[str, int] = {}
     for role in pkg.roles:
-        if (record_id := found_id(results.get(f"origin:{role}"))) is not None:
+        marker = identity.marker(role)
+        rows = _rows(results.get(f"origin:{role}"))
+        ours = [
+            row
+            for row in rows
+            if marker.matches(
+                row, origin_id=pkg.origin_id(role), originator_id=identity.originator_id
+            )
+        ]
+        if (record_id := _lowest_id(ours)) is not None:
             found[role] = record_id
     if "contact" not in found:
         for name in ("phone", "email"):
             if (contact_id := _duplicate_id(results.get(name), "CONTACT")) is not None:
                 found["contact"] = contact_id
                 break
-    if "company" not in found and (company_id := found_id(results.get("company_title"))):
-        found["company"] = company_id
+    if "company" not in found and "company_title" in results:
+        title = str(pkg.records["company"].get("TITLE", "")).strip().casefold()
+        same = [
+            row
+            for row in _rows(results.get("company_title"))
+            if str(row.get("TITLE") or "").strip().casefold() == title
+        ]
+        if (company_id := _lowest_id(same)) is not None:
+            found["company"] = company_id
     return found
+
+
+def _rows(result: object) -> list[dict[str, object]]:
+    """List rows, whether the PHP array came back as a JSON list or a map (§5.3)."""
+    if isinstance(result, dict):
+        values = list(result.values())
+    elif isinstance(result, list):
+        values = result
+    else:
+        return []
+    return [row for row in values if isinstance(row, dict)]
+
+
+def _lowest_id(rows: list[dict[str, object]]) -> int | None:
+    ids = [i for i in (created_id(row.get("ID")) for row in rows) if i is not None]
+    return min(ids) if ids else None
 
 
 def _duplicate_id(result: object, entity: str) -> int | None:
@@ -154,7 +249,7 @@ def _duplicate_id(result: object, entity: str) -> int | None:
 def trace_value(pkg: Package) -> str | None:
     """The TRACE for the trace step: the original, or UTM-only after the portal rejected it."""
     submission = pkg.submission
-    if submission.trace_problem == TRACE_REJECTED:
+    if TraceState.parse(submission.trace_problem).utm_only:
         return utm_only_trace(dict(pkg.utm)) if pkg.utm else None
     if submission.trace is None or submission.trace_is_id:
         return None
@@ -162,11 +257,11 @@ def trace_value(pkg: Package) -> str | None:
 
 
 def creates(
-    pkg: Package, *, originator_id: str, known: Mapping[str, int], prefix: str
+    pkg: Package, *, identity: Identity, known: Mapping[str, int], prefix: str
 ) -> CreatePlan:
-    """The commands still needed, in order, with `$result[...]` links between them."""
+    """The steps still needed, in order, with `$result[...]` links between them."""
     plan = CreatePlan()
-    ids: dict[str, int | Ref] = dict(known)
+    ids: dict[str, int | Ref] = {k: v for k, v in known.items() if k in CREATE_ORDER}
     submission = pkg.submission
     # A trace id is linked by passing it to every add (§8.2 step 1); a JSON trace goes in the
     # add of a lone record, or in one trace step for a package of several (§8.4).
@@ -175,10 +270,15 @@ def creates(
         if role in known:
             continue
         fields: dict[str, object] = dict(pkg.records[role])
-        fields["ORIGINATOR_ID"] = originator_id
-        fields["ORIGIN_ID"] = pkg.origin_id(role)
-        if role in ("contact", "deal") and "company" in ids:
+        fields.update(
+            identity.marker(role).fields(
+                origin_id=pkg.origin_id(role), originator_id=identity.originator_id
+            )
+        )
+        if role == "contact" and "company" in ids:
             fields["COMPANY_ID"] = ids["company"]
+        # A deal's COMPANY_ID is not sent with the add: the server links the deal's trace to
+        # the CONTACT whose id equals COMPANY_ID (§0 fact 17); the LINK step sets it.
         if role == "deal" and "contact" in ids:
             fields["CONTACT_ID"] = ids["contact"]
         if submission.trace is not None and (submission.trace_is_id or not several):
@@ -187,19 +287,74 @@ def creates(
         if role == pkg.main:
             params["params"] = {"REGISTER_SONET_EVENT": "Y"}
         key = f"{prefix}{role}"
-        plan.steps.append(Step(key, role, command(f"{METHOD_PREFIX[role]}.add", params)))
+        plan.steps.append(Step(key, role, f"{METHOD_PREFIX[role]}.add", params))
         ids[role] = Ref(key)
+    if "deal" in ids and "company" in ids and LINK not in known:
+        # crm.deal.update makes no tracking link (only a REST add does, §8.2).
+        update = {"id": ids["deal"], "fields": {"COMPANY_ID": ids["company"]}}
+        plan.steps.append(Step(f"{prefix}{LINK}", LINK, "crm.deal.update", update))
     value = trace_value(pkg) if several else None
-    if value is not None and "trace" not in known:
+    state = TraceState.parse(submission.trace_problem)
+    if value is not None and TRACE not in known and not state.refused:
+        order = (pkg.main, *[r for r in pkg.roles if r != pkg.main])
         entities = [
             {"TYPE": TRACE_TYPES[role], "ID": ids[role]}
-            for role in (pkg.main, *[r for r in pkg.roles if r != pkg.main])
+            for role in order
+            if TRACE_TYPES[role] not in state.denied
         ]
-        key = f"{prefix}trace"
-        step = command("crm.tracking.trace.add", {"TRACE": value, "ENTITIES": entities})
-        plan.steps.append(Step(key, "trace", step))
-        plan.trace_value = value
+        if entities:
+            params = {"TRACE": value, "ENTITIES": entities}
+            plan.steps.append(Step(f"{prefix}{TRACE}", TRACE, "crm.tracking.trace.add", params))
+            plan.trace_value = value
     return plan
+
+
+def after_trace_refusal(problem: str | None, description: str) -> str:
+    """The trace_problem after the portal refused the trace step (docs/bitrix24.md §8.3).
+
+    A record the webhook user may not edit is left out of the next try (the others are still
+    linked); a refused JSON is replaced by a UTM-only trace once; after that, the records are
+    delivered without the package trace (each keeps its automatic one, §8.2).
+    """
+    state = TraceState.parse(problem)
+    if (denied := _NO_ACCESS.search(description)) is not None and denied[1] not in state.denied:
+        state = TraceState(state.utm_only, state.denied | {denied[1]}, state.refused)
+    elif not state.utm_only and not _NO_ACCESS.search(description):
+        state = TraceState(True, state.denied, state.refused)
+    else:
+        state = TraceState(state.utm_only, state.denied, True)
+    return state.render() or TRACE_REFUSED
+
+
+def must_go_direct(steps: list[Step]) -> bool:
+    """Whether a value in these steps could be read as a back-reference inside a batch (§0
+    fact 16): such steps go as direct calls, where the portal takes values as they are."""
+    return any(_has_back_reference(step.params) for step in steps)
+
+
+def _has_back_reference(value: object) -> bool:
+    if isinstance(value, str):
+        return _BACK_REFERENCE.search(value) is not None
+    if isinstance(value, Mapping):
+        return any(_has_back_reference(k) or _has_back_reference(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_back_reference(item) for item in value)
+    return False
+
+
+def with_ids(params: Mapping[str, object], results: Mapping[str, object]) -> dict[str, object]:
+    """`params` with each `Ref` replaced by the result of the step it names (direct calls)."""
+
+    def walk(value: object) -> object:
+        if isinstance(value, Ref):
+            return results[value.command]
+        if isinstance(value, Mapping):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        return value
+
+    return {k: walk(v) for k, v in params.items()}
 
 
 # --------------------------------------------------------------------------- results
@@ -207,15 +362,7 @@ def creates(
 
 def found_id(result: object) -> int | None:
     """The lowest id in a list result (rows come back with string ids, §2.2), or None."""
-    if isinstance(result, dict):
-        rows = list(result.values())
-    elif isinstance(result, list):
-        rows = result
-    else:
-        rows = []
-    ids = [created_id(row.get("ID")) for row in rows if isinstance(row, dict)]
-    valid = [i for i in ids if i is not None]
-    return min(valid) if valid else None
+    return _lowest_id(_rows(result))
 
 
 def created_id(result: object) -> int | None:
@@ -229,7 +376,7 @@ def created_id(result: object) -> int | None:
     return None
 
 
-def preview(submission: Submission, *, originator_id: str) -> list[dict[str, str]]:
+def preview(submission: Submission, *, identity: Identity) -> list[dict[str, str]]:
     """The commands the next attempt would send, for the admin API's show and dry run.
 
     Look-ups are listed as they would go out; creates assume the look-ups find nothing.
@@ -237,10 +384,10 @@ def preview(submission: Submission, *, originator_id: str) -> list[dict[str, str
     pkg = package(submission)
     known = dict(submission.bitrix_ids)
     rows = [
-        {"phase": "look-up", "key": name, "command": text}
-        for name, text in lookups(pkg, originator_id=originator_id, known=known).items()
+        {"phase": "look-up", "key": step.key, "command": step.command}
+        for step in lookups(pkg, identity=identity, known=known)
     ]
-    create_plan = creates(pkg, originator_id=originator_id, known=known, prefix="")
+    create_plan = creates(pkg, identity=identity, known=known, prefix="")
     rows.extend(
         {"phase": "create", "key": step.key, "command": step.command} for step in create_plan.steps
     )

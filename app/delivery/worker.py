@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
@@ -19,18 +19,26 @@ from app.bitrix import (
     BatchResult,
     BitrixClient,
     BitrixError,
+    ConfigError,
     NotExecuted,
     OperationTimeLimit,
     OutcomeUnknown,
+    PermanentError,
+    Refused,
     RejectedError,
+    batch_body_bytes,
 )
 from app.delivery import plan
+from app.delivery.marker import DEFAULT_QUOTE_FIELD, userfield_add_params
 from app.delivery.retry import RetryPolicy
 from app.metrics import Metrics
 from app.store import AttemptRecord, Leadership, Outcome, Store, Submission
 
 log = logging.getLogger("app.delivery")
 T = TypeVar("T")
+# A lease is stretched only when it would end sooner than this before the portal could still
+# be running a request: one write covers the requests of the next few seconds.
+LEASE_SLACK_SECONDS = 5.0
 
 
 def utcnow() -> datetime:
@@ -41,29 +49,51 @@ def utcnow() -> datetime:
 class WorkerConfig:
     originator_id: str = "b24-form-gateway"
     batch_size: int = 50
-    lease_seconds: float = 300.0
+    # After an answer is lost, the portal may still be running the request (PHP runs to its
+    # end, up to its 60 s limit): wait this long from sending before a look-up or a create
+    # (docs/bitrix24.md §0 fact 15). It is also the lease: a crashed worker's claims return
+    # this long after its last request.
+    unknown_wait_seconds: float = 70.0
+    batch_max_bytes: int = 512 * 1024
+    quote_field: str = DEFAULT_QUOTE_FIELD
+    create_marker_fields: bool = True
     poll_seconds: float = 1.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
+    @property
+    def identity(self) -> plan.Identity:
+        return plan.Identity(originator_id=self.originator_id, quote_field=self.quote_field)
+
 
 class Halted(NotExecuted):
-    """Not run: an earlier command of the same `halt=1` batch failed (§5.1)."""
+    """Not run: an earlier command of the same `halt=1` batch failed (docs/bitrix24.md §5.1)."""
 
 
 @dataclass(slots=True)
 class _Job:
     """One submission's progress through this pass."""
 
+    n: int
     pkg: plan.Package
     known: dict[str, int]
     unknown: bool
+    trace_problem: str | None
+    lease_until: datetime | None
     error: BitrixError | None = None
-    trace_problem: str | None = None
     plan: plan.CreatePlan = field(default_factory=plan.CreatePlan)
+    sent_at: datetime | None = None
+    wait_until: datetime | None = None  # no look-up or create before this (a lost answer)
 
     @property
     def submission(self) -> Submission:
         return self.pkg.submission
+
+    @property
+    def id(self) -> str:
+        return self.pkg.id
+
+
+Reader = Callable[[_Job, list[plan.Step], BatchResult, bool], bool]
 
 
 class Worker:
@@ -87,6 +117,7 @@ class Worker:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._wake = asyncio.Event()
         self._stopping = False
+        self._quote_marker_ready = False
 
     def wake(self) -> None:
         """Tell the worker that something became due (a new submission was committed)."""
@@ -130,7 +161,7 @@ class Worker:
         claimed = await self.store.claim_due(
             now=self.clock(),
             limit=self.config.batch_size,
-            lease=timedelta(seconds=self.config.lease_seconds),
+            lease=timedelta(seconds=self.config.unknown_wait_seconds),
         )
         if claimed:
             await self.deliver(claimed)
@@ -139,10 +170,18 @@ class Worker:
     async def deliver(self, claimed: Sequence[Submission]) -> None:
         started = self.clock()
         jobs = [
-            _Job(plan.package(s), known=dict(s.bitrix_ids), unknown=s.outcome_unknown)
-            for s in claimed
+            _Job(
+                n,
+                plan.package(s),
+                known=dict(s.bitrix_ids),
+                unknown=s.outcome_unknown,
+                trace_problem=s.trace_problem,
+                lease_until=s.lease_until,
+            )
+            for n, s in enumerate(claimed)
         ]
-        await self._look_up(jobs)
+        await self._prepare_markers(jobs)
+        await self._look_up([j for j in jobs if j.error is None])
         await self._create([j for j in jobs if j.error is None])
         now = self.clock()
         outcomes = [self._outcome(job, started=started, now=now) for job in jobs]
@@ -151,126 +190,294 @@ class Worker:
             for outcome in outcomes:
                 self.metrics.deliveries.labels(result=outcome.attempt.outcome).inc()
 
+    # ------------------------------------------------------------------ identity markers
+
+    async def _prepare_markers(self, jobs: Sequence[_Job]) -> None:
+        """Quotes are recognised by a custom field (delivery/marker.py): make sure the portal
+        has it before a quote is created, or the quote could not be found after a lost answer."""
+        waiting = [j for j in jobs if "quote" in j.pkg.roles and "quote" not in j.known]
+        if not waiting or self._quote_marker_ready:
+            return
+        name = self.config.quote_field
+        try:
+            fields = await self.client.call("crm.quote.fields")
+            if not (isinstance(fields, dict) and name in fields):
+                if not self.config.create_marker_fields:
+                    raise ConfigError(
+                        f"the portal has no custom quote field {name}, needed to deliver quotes "
+                        "exactly once; run `b24-form-gateway check --create-fields`"
+                    )
+                await self.client.call("crm.quote.userfield.add", userfield_add_params(name))
+                log.warning("portal.marker_field_created", extra={"field": name})
+            self._quote_marker_ready = True
+        except BitrixError as exc:
+            error = exc
+            if isinstance(exc, PermanentError) and not isinstance(exc, ConfigError):
+                error = ConfigError(
+                    f"cannot create the custom quote field {name} ({exc.description}); create it "
+                    "with `b24-form-gateway check --create-fields` as a CRM administrator",
+                    code=exc.code,
+                )
+            for job in waiting:
+                job.error = error
+
     # ------------------------------------------------------------------ phase 1
 
     async def _look_up(self, jobs: Sequence[_Job]) -> None:
-        originator = self.config.originator_id
-        pending = []
-        for n, job in enumerate(jobs):
-            cmds = plan.lookups(job.pkg, originator_id=originator, known=job.known)
-            if paused := self._paused(cmds.values()):
+        identity = self.config.identity
+        batched: list[tuple[_Job, list[plan.Step]]] = []
+        direct: list[tuple[_Job, list[plan.Step]]] = []
+        for job in jobs:
+            if self._waiting(job):
+                continue
+            steps = [
+                plan.Step(f"j{job.n}_{step.key}", step.role, step.method, step.params)
+                for step in plan.lookups(job.pkg, identity=identity, known=job.known)
+            ]
+            if paused := self._paused(steps):
                 job.error = paused
-                continue
-            pending.append(((n, job, cmds), len(cmds)))
-        for chunk in _chunks(entry for entry in pending if entry[1]):
-            commands = {f"j{n}_{name}": text for n, _, cmds in chunk for name, text in cmds.items()}
-            try:
-                result = await self.client.batch(commands, halt=False)
-            except BitrixError as exc:
-                for _, job, _cmds in chunk:
-                    job.error = exc
-                continue
-            for n, job, cmds in chunk:
-                answers: dict[str, object] = {}
-                for name in cmds:
-                    key = f"j{n}_{name}"
-                    if key in result.errors:
-                        job.error = result.errors[key]
-                        break
-                    answers[name] = result.results.get(key)
-                else:
-                    found = plan.resolve(job.pkg, answers)
-                    if found:
-                        log.info(
-                            "delivery.found_existing",
-                            extra={"submission_id": job.pkg.id, "roles": ",".join(sorted(found))},
-                        )
-                    job.known.update(found)
-                    # Every record not found is known not to exist: creating it is safe now.
-                    job.unknown = False
+            elif steps:
+                (direct if plan.must_go_direct(steps) else batched).append((job, steps))
+        await self._send_all(batched, halt=False, read=self._read_lookups)
+        for job, steps in direct:
+            await self._send_direct(job, steps, read=self._read_lookups)
+
+    def _read_lookups(
+        self, job: _Job, steps: list[plan.Step], result: BatchResult, halted: bool
+    ) -> bool:
+        answers: dict[str, object] = {}
+        prefix = f"j{job.n}_"
+        for step in steps:
+            if step.key in result.errors:
+                self._failed(job, step, result.errors[step.key])
+                return False
+            answers[step.key.removeprefix(prefix)] = result.results.get(step.key)
+        found = plan.resolve(job.pkg, answers, identity=self.config.identity)
+        if found:
+            log.info(
+                "delivery.found_existing",
+                extra={"submission_id": job.id, "roles": ",".join(sorted(found))},
+            )
+        job.known.update(found)
+        # Every record not found is known not to exist: creating it is safe now.
+        job.unknown = False
+        return False
 
     # ------------------------------------------------------------------ phase 2
 
     async def _create(self, jobs: Sequence[_Job]) -> None:
-        originator = self.config.originator_id
-        singles: list[tuple[_Job, int]] = []
-        chains: list[tuple[_Job, int]] = []
-        for n, job in enumerate(jobs):
-            job.plan = plan.creates(
-                job.pkg, originator_id=originator, known=job.known, prefix=f"s{n}_"
-            )
-            if paused := self._paused(step.command for step in job.plan.steps):
-                # A method the portal blocked for a while (§4.2): wait for its reset without
-                # calling, while submissions that need other methods keep flowing.
-                job.error = paused
-            elif len(job.plan.steps) == 1:
-                singles.append((job, 1))
-            elif job.plan.steps:
-                chains.append((job, len(job.plan.steps)))
-        # Independent records: halt=0, so one rejected lead does not hold back the others.
-        for chunk in _chunks(singles):
-            await self._send(chunk, halt=False)
-        # Chained records: halt=1, or a failed create would feed garbage into $result (§5.2).
-        for chunk in _chunks(chains):
-            await self._send(chunk, halt=True)
-
-    async def _send(self, chunk: Sequence[_Job], *, halt: bool) -> None:
-        commands = {step.key: step.command for job in chunk for step in job.plan.steps}
-        try:
-            result = await self.client.batch(commands, halt=halt)
-        except BitrixError as exc:
-            for job in chunk:
-                job.error = exc
-                job.unknown = job.unknown or isinstance(exc, OutcomeUnknown)
-            return
-        halted = False
-        for job in chunk:
-            stopped = self._read_steps(job, result, halted=halted)
-            halted = halt and stopped
-
-    def _read_steps(self, job: _Job, result: BatchResult, *, halted: bool) -> bool:
-        """Take the ids the steps produced; returns whether the batch halted by now."""
-        for step in job.plan.steps:
-            if step.key in result.errors:
-                error = result.errors[step.key]
-                job.error = error
-                job.unknown = job.unknown or isinstance(error, OutcomeUnknown)
-                if step.role == "trace" and isinstance(error, RejectedError):
-                    self._trace_rejected(job, error)
-                return True
-            new_id = plan.created_id(result.results.get(step.key))
-            if step.key in result.results and new_id is not None:
-                job.known[step.role] = new_id
+        identity = self.config.identity
+        singles: list[tuple[_Job, list[plan.Step]]] = []
+        chains: list[tuple[_Job, list[plan.Step]]] = []
+        direct: list[tuple[_Job, list[plan.Step]]] = []
+        for job in jobs:
+            if self._waiting(job) or job.unknown:
+                # Outcome still unknown (the look-up could not run): never create blind.
                 continue
-            if step.key in result.results or not halted:
-                # Answered without an id, or missing from a batch that did not stop: unknown.
-                job.error = OutcomeUnknown("the portal returned no id", method=step.command)
-                job.unknown = True
-                return halted
+            job.plan = plan.creates(
+                job.pkg, identity=identity, known=job.known, prefix=f"s{job.n}_"
+            )
+            steps = job.plan.steps
+            if paused := self._paused(steps):
+                # A method the portal blocked for a while (docs/bitrix24.md §4.2): wait for its
+                # reset without calling, while other methods keep flowing.
+                job.error = paused
+            elif plan.must_go_direct(steps):
+                # A value the portal would rewrite inside a batch (§0 fact 16).
+                direct.append((job, steps))
+            elif len(steps) == 1:
+                singles.append((job, steps))
+            elif steps:
+                chains.append((job, steps))
+        # Independent records: halt=0, so one rejected lead does not hold back the others.
+        await self._send_all(singles, halt=False, read=self._read_steps)
+        # Chained records: halt=1, or a failed create would feed garbage into $result (§5.2).
+        await self._send_all(chains, halt=True, read=self._read_steps)
+        for job, steps in direct:
+            await self._send_direct(job, steps, read=self._read_steps)
+
+    def _read_steps(
+        self, job: _Job, steps: list[plan.Step], result: BatchResult, halted: bool
+    ) -> bool:
+        """Take what the steps produced; returns whether the batch halted by now."""
+        for step in steps:
+            if step.key in result.errors:
+                self._failed(job, step, result.errors[step.key])
+                return True
+            if step.key in result.results:
+                if not self._took(job, step, result.results[step.key]):
+                    return halted
+                continue
+            if not halted:
+                # Missing from a batch that did not stop: it may have run.
+                self._failed(job, step, OutcomeUnknown("the portal reported nothing", settled=True))
+                return False
             job.error = Halted("not run: an earlier command of the batch failed")
             return True
         return halted
 
-    def _paused(self, commands: Iterable[str]) -> OperationTimeLimit | None:
-        for text in commands:
-            method = text.split("?", 1)[0]
-            if (until := self.client.blocked_until(method)) is not None:
+    def _took(self, job: _Job, step: plan.Step, value: object) -> bool:
+        """Record a step's result; False (with the job's error set) when it is not usable."""
+        if step.role == plan.LINK:
+            if value is True or value == 1 or value == "1":
+                job.known[plan.LINK] = job.known["company"]
+                return True
+        elif (new_id := plan.created_id(value)) is not None:
+            job.known[step.role] = new_id
+            return True
+        self._failed(job, step, OutcomeUnknown("the portal answered without an id", settled=True))
+        return False
+
+    def _failed(self, job: _Job, step: plan.Step, error: BitrixError) -> None:
+        job.error = error
+        if isinstance(error, OutcomeUnknown):
+            job.unknown = True
+            self._lost(job, error)
+        if step.role == plan.TRACE and isinstance(error, RejectedError):
+            self._trace_refused(job, error)
+
+    def _lost(self, job: _Job, error: OutcomeUnknown) -> None:
+        """An answer that did not come back: the portal may still be running the request."""
+        if not error.settled and job.sent_at is not None:
+            until = job.sent_at + timedelta(seconds=self.config.unknown_wait_seconds)
+            job.wait_until = max(job.wait_until or until, until)
+
+    def _trace_refused(self, job: _Job, error: BitrixError) -> None:
+        """The portal refused the trace step (docs/bitrix24.md §8.3): the records exist. Leave
+        out a record the webhook may not edit, or send a UTM-only trace, and retry only the
+        trace step; when nothing is left to try, deliver and keep the flag."""
+        job.trace_problem = plan.after_trace_refusal(job.trace_problem, error.description)
+        if plan.TraceState.parse(job.trace_problem).refused:
+            log.warning(
+                "delivery.trace_refused",
+                extra={"submission_id": job.id, "error_code": error.label},
+            )
+            job.error = None
+        else:
+            job.error = Halted(f"trace refused, retrying the trace step: {error.description}")
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send_all(
+        self, entries: list[tuple[_Job, list[plan.Step]]], *, halt: bool, read: Reader
+    ) -> None:
+        for chunk in self._chunks(entries):
+            await self._send_chunk(chunk, halt=halt, read=read)
+
+    async def _send_chunk(
+        self,
+        chunk: list[tuple[_Job, list[plan.Step]]],
+        *,
+        halt: bool,
+        read: Reader,
+        split: bool = True,
+    ) -> bool:
+        """One batch request; False when it was refused as a whole in front of the portal.
+
+        Such a refusal (a WAF's page, 413, 414) ran nothing: the batch is split in halves and
+        each is tried, so one submission's content cannot hold back the others (§0 fact 18).
+        When both halves are refused too, the trouble is not the content: all wait.
+        """
+        jobs = [job for job, _ in chunk]
+        commands = {step.key: step.command for _, steps in chunk for step in steps}
+        try:
+            result = await self.client.batch(commands, halt=halt, before_send=self._guard(jobs))
+        except Refused as exc:
+            if len(chunk) > 1 and split:
+                half = len(chunk) // 2
+                if await self._send_chunk(chunk[:half], halt=halt, read=read):
+                    await self._send_chunk(chunk[half:], halt=halt, read=read)
+                    return True
+                return await self._send_chunk(chunk[half:], halt=halt, read=read, split=False)
+            for job in jobs:
+                job.error = exc
+            return False
+        except BitrixError as exc:
+            for job in jobs:
+                job.error = exc
+                if isinstance(exc, OutcomeUnknown):
+                    job.unknown = True
+                    self._lost(job, exc)
+            return True
+        halted = False
+        for job, steps in chunk:
+            stopped = read(job, steps, result, halted)
+            halted = halt and stopped
+        return True
+
+    async def _send_direct(self, job: _Job, steps: list[plan.Step], *, read: Reader) -> None:
+        """The steps one by one as direct calls, `$result` references resolved here."""
+        produced: dict[str, object] = {}
+        for step in steps:
+            try:
+                value = await self.client.call(
+                    step.method,
+                    plan.with_ids(step.params, produced),
+                    before_send=self._guard([job]),
+                )
+            except BitrixError as exc:
+                if isinstance(exc, OutcomeUnknown):
+                    job.unknown = True
+                read(job, [step], BatchResult(errors={step.key: exc}), False)
+                return
+            produced[step.key] = value
+            read(job, [step], BatchResult(results={step.key: value}), False)
+            if job.error is not None:
+                return
+            if step.role in plan.CREATE_ORDER and step.role in job.known:
+                produced[step.key] = job.known[step.role]
+
+    def _guard(self, jobs: Sequence[_Job]) -> Callable[[], Awaitable[None]]:
+        """Runs just before a request goes out: note when it was sent, and keep the leases of
+        its submissions beyond the time the portal could still be running it."""
+
+        async def before_send() -> None:
+            now = self.clock()
+            wait = timedelta(seconds=self.config.unknown_wait_seconds)
+            short = [j for j in jobs if j.lease_until is None or j.lease_until < now + wait]
+            until = now + wait + timedelta(seconds=LEASE_SLACK_SECONDS)
+            if short:
+                await self.store.extend_leases([j.id for j in short], until=until)
+                for job in short:
+                    job.lease_until = until
+            for job in jobs:
+                job.sent_at = now
+
+        return before_send
+
+    def _waiting(self, job: _Job) -> bool:
+        return job.wait_until is not None or job.error is not None
+
+    def _paused(self, steps: Iterable[plan.Step]) -> OperationTimeLimit | None:
+        for step in steps:
+            if (until := self.client.blocked_until(step.method)) is not None:
                 paused = OperationTimeLimit(
-                    f"{method} is paused by the portal's operation time limit",
+                    f"{step.method} is paused by the portal's operation time limit",
                     code="OPERATION_TIME_LIMIT",
-                    method=method,
+                    method=step.method,
                 )
                 paused.reset_at = until
                 return paused
         return None
 
-    def _trace_rejected(self, job: _Job, error: BitrixError) -> None:
-        """The portal refused the trace (§8.3): the records exist; retry only the trace step,
-        with a UTM-only trace (§8.4). Never repeat the creates."""
-        if job.submission.trace_problem == plan.TRACE_REJECTED:
-            return  # the UTM-only trace was refused too: a permanent failure
-        job.trace_problem = plan.TRACE_REJECTED
-        job.error = Halted(f"trace rejected, retrying with UTM only: {error.description}")
+    def _chunks(
+        self, entries: list[tuple[_Job, list[plan.Step]]]
+    ) -> Iterator[list[tuple[_Job, list[plan.Step]]]]:
+        """Group entries so that no batch exceeds 50 commands or BATCH_MAX_BYTES; a job's
+        commands stay together in one batch."""
+        chunk: list[tuple[_Job, list[plan.Step]]] = []
+        count = size = 0
+        for job, steps in entries:
+            job_size = batch_body_bytes({s.key: s.command for s in steps})
+            over = count + len(steps) > MAX_BATCH_COMMANDS
+            if chunk and (over or size + job_size > self.config.batch_max_bytes):
+                yield chunk
+                chunk, count, size = [], 0, 0
+            chunk.append((job, steps))
+            count += len(steps)
+            size += job_size
+        if chunk:
+            yield chunk
 
     # ------------------------------------------------------------------ recording
 
@@ -282,14 +489,16 @@ class Worker:
             "attempt": submission.attempts,
             "duration_ms": int((now - started).total_seconds() * 1000),
         }
-        if job.error is None:
+        changed = job.trace_problem if job.trace_problem != submission.trace_problem else None
+        if job.error is None and job.wait_until is None:
             log.info("delivery.delivered", extra=fields)
             return Outcome(
                 submission.id,
                 AttemptRecord(submission.attempts, started, now, "delivered"),
                 bitrix_ids=job.known,
+                trace_problem=changed,
             )
-        error = job.error
+        error = job.error or OutcomeUnknown("waiting for a lost request to finish")
         fields["error_code"] = error.label
         excerpt = error.excerpt or error.description
         next_at = self.config.policy.next_attempt(
@@ -299,8 +508,11 @@ class Worker:
             now=now,
             rng=self.rng,
         )
-        if job.trace_problem is not None:
-            next_at = now  # only the trace step is left, with a different trace
+        if changed is not None and next_at is not None:
+            next_at = now  # only the trace step is left, with a different trace or links
+        if next_at is not None and job.wait_until is not None:
+            # The portal may still be running the lost request: nothing before it is over.
+            next_at = max(next_at, job.wait_until)
         kind: Literal["retry", "failed"] = "failed" if next_at is None else "retry"
         if next_at is None:
             log.error("delivery.failed", extra=fields)
@@ -314,20 +526,5 @@ class Worker:
             next_attempt_at=next_at,
             error=error.description,
             outcome_unknown=job.unknown,
-            trace_problem=job.trace_problem,
+            trace_problem=changed,
         )
-
-
-def _chunks(entries: Iterable[tuple[T, int]]) -> Iterator[list[T]]:
-    """Group (item, command count) entries so that no batch exceeds 50 commands; an item's
-    commands stay together in one batch."""
-    chunk: list[T] = []
-    size = 0
-    for item, count in entries:
-        if chunk and size + count > MAX_BATCH_COMMANDS:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += count
-    if chunk:
-        yield chunk

@@ -305,7 +305,9 @@ class Store:
 
         A row whose lease expired was claimed by a worker that never recorded an outcome (it
         crashed or hung mid-call): its creates may have happened, so it comes back flagged
-        `outcome_unknown` and delivery looks the records up before creating them again.
+        `outcome_unknown` and delivery looks the records up before creating them again. The
+        worker keeps each lease past the time the portal could still be running its last
+        request (`extend_leases`), so a look-up after the lease is safe.
         """
         due = (
             select(submissions.c.id)
@@ -346,6 +348,24 @@ class Store:
             ).mappings()
             return [_row(r) for r in rows]
 
+    async def extend_leases(self, ids: Sequence[str], *, until: datetime) -> None:
+        """Keep these claimed submissions leased until at least `until` (before each request
+        the worker sends for them: a crash must not free them while the portal may still be
+        running that request)."""
+        if not ids:
+            return
+        async with self._writer.begin() as conn:
+            await conn.execute(
+                update(submissions)
+                .where(
+                    submissions.c.id.in_(list(ids)),
+                    submissions.c.status == Status.DELIVERING.value,
+                    submissions.c.lease_until.is_not(None),
+                    submissions.c.lease_until < until,
+                )
+                .values(lease_until=until)
+            )
+
     async def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> None:
         """Record what one delivery pass did to each submission, in one transaction.
 
@@ -369,6 +389,8 @@ class Store:
                 )
             ).scalar_one()
             values["bitrix_ids"] = {**(current or {}), **outcome.bitrix_ids}
+        if outcome.trace_problem is not None:
+            values["trace_problem"] = outcome.trace_problem
         if outcome.attempt.outcome == "delivered":
             values.update(status=Status.DELIVERED.value, outcome_unknown=False, delivered_at=now)
         else:
@@ -384,8 +406,6 @@ class Store:
             )
             if outcome.next_attempt_at is not None:
                 values["next_attempt_at"] = outcome.next_attempt_at
-            if outcome.trace_problem is not None:
-                values["trace_problem"] = outcome.trace_problem
         await conn.execute(
             update(submissions).where(submissions.c.id == outcome.id).values(**values)
         )

@@ -81,7 +81,7 @@ submissions = Table(
     # The trace to send (the getTrace() string or a trace id); problem = why one was not kept.
     Column("trace", Text, nullable=True),
     Column("trace_is_id", Boolean, nullable=False, default=False),
-    Column("trace_problem", String(32), nullable=True),
+    Column("trace_problem", String(64), nullable=True),
     # Delivery progress.
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime(), nullable=False),

@@ -1,4 +1,4 @@
-"""Batch command encoding (§1.2, §5.1) and error classification (§3)."""
+"""Batch command encoding (docs/bitrix24.md §1.2, §5.1) and error classification (§3)."""
 
 import json
 from pathlib import Path
@@ -7,11 +7,15 @@ import pytest
 
 from app.bitrix import (
     ConfigError,
+    NotExecuted,
     OperationTimeLimit,
     OutcomeUnknown,
     RateLimited,
     Ref,
+    Refused,
     RejectedError,
+    TransientError,
+    Unavailable,
     classify,
     command,
 )
@@ -76,8 +80,11 @@ def test_recorded_errors_fall_in_their_class(what: str, cls: type) -> None:
         ("OPERATION_TIME_LIMIT", None, OperationTimeLimit),
         ("INTERNAL_SERVER_ERROR", 500, OutcomeUnknown),
         (None, 502, OutcomeUnknown),
-        ("SOMETHING_NEW", 503, OutcomeUnknown),
+        ("SOMETHING_NEW", 503, Unavailable),
         ("SOMETHING_NEW", 403, ConfigError),
+        ("ERROR_CORE", 500, OutcomeUnknown),
+        (None, 413, Refused),
+        (None, 414, Refused),
         ("", None, RejectedError),
         ("ERROR_CORE", 400, RejectedError),
         ("ACCESS_DENIED", 403, ConfigError),
@@ -86,3 +93,25 @@ def test_recorded_errors_fall_in_their_class(what: str, cls: type) -> None:
 )
 def test_code_first_then_status(code: str | None, status: int | None, cls: type) -> None:
     assert type(classify(code, "x", http_status=status)) is cls
+
+
+@pytest.mark.parametrize("status", [200, 401, 403, 404, 413, 429, 500, 502, 503, 504])
+def test_a_page_that_is_not_the_portals_json_is_never_a_configuration_verdict(
+    status: int,
+) -> None:
+    """A proxy's or WAF's HTML page of any status is transient; 4xx and 503 ran nothing."""
+    error = classify(None, "html", http_status=status, portal_json=False)
+    assert isinstance(error, TransientError)
+    if 400 <= status < 500 or status == 503:
+        assert isinstance(error, NotExecuted)
+    else:
+        assert isinstance(error, OutcomeUnknown) and not error.settled
+
+
+@pytest.mark.parametrize("status", [500, None])
+def test_a_sql_error_is_an_unknown_outcome_the_portal_has_finished(status: int | None) -> None:
+    """ERROR_CORE "SQL query error!" (HTTP 500, or inside a batch): the write may have been
+    committed, and the answer came back, so a look-up can follow at once."""
+    error = classify("ERROR_CORE", "SQL query error!", http_status=status)
+    assert isinstance(error, OutcomeUnknown) and error.settled
+    assert type(classify("ERROR_CORE", "Wrong ID", http_status=status and 400)) is RejectedError

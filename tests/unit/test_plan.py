@@ -1,0 +1,123 @@
+"""The delivery plan's identity and safety rules (docs/bitrix24.md §0 facts 13, 14, 16, 17)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from app.bitrix import Ref
+from app.delivery import plan
+from app.store import Status, Submission
+
+IDENTITY = plan.Identity(originator_id="b24-form-gateway", quote_field="UF_CRM_B24FG_ORIGIN")
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def submission(
+    records: dict[str, Any], *, main: str, unknown: bool = False, **kw: Any
+) -> Submission:
+    values: dict[str, Any] = {
+        "id": "sub-1",
+        "form_id": "f",
+        "entity": main,
+        "status": Status.DELIVERING,
+        "created_at": NOW,
+        "updated_at": NOW,
+        "idempotency_key": None,
+        "body_hash": "h",
+        "fields": {},
+        "crm": {"main": main, "records": records, "match": {}, "utm": {"utm_source": "g"}},
+        "trace": '{"tags":{"list":{"utm_source":"g"}}}',
+        "trace_is_id": False,
+        "trace_problem": None,
+        "attempts": 1,
+        "next_attempt_at": NOW,
+        "lease_until": None,
+        "outcome_unknown": unknown,
+        "last_error": None,
+        "last_error_code": None,
+        "bitrix_ids": {},
+        "delivered_at": None,
+    }
+    values.update(kw)
+    return Submission(**values)
+
+
+def test_a_quote_is_marked_and_looked_up_by_its_custom_field_not_origin_id() -> None:
+    pkg = plan.package(submission({"quote": {"TITLE": "Q"}}, main="quote", unknown=True))
+    [lookup] = plan.lookups(pkg, identity=IDENTITY, known={})
+    assert lookup.method == "crm.quote.list"
+    assert lookup.params["filter"] == {"=UF_CRM_B24FG_ORIGIN": "sub-1"}
+    assert "UF_CRM_B24FG_ORIGIN" in lookup.params["select"]  # type: ignore[operator]
+    [add] = plan.creates(pkg, identity=IDENTITY, known={}, prefix="").steps
+    fields = add.params["fields"]
+    assert isinstance(fields, dict)
+    assert fields["UF_CRM_B24FG_ORIGIN"] == "sub-1" and "ORIGIN_ID" not in fields
+
+
+def test_a_look_up_never_adopts_a_row_whose_marker_differs() -> None:
+    """A portal that dropped the filter returns every row: none of them is ours."""
+    pkg = plan.package(submission({"quote": {"TITLE": "Q"}}, main="quote", unknown=True))
+    everyone = [{"ID": "3", "UF_CRM_B24FG_ORIGIN": None}, {"ID": "4", "UF_CRM_B24FG_ORIGIN": "x"}]
+    assert plan.resolve(pkg, {"origin:quote": everyone}, identity=IDENTITY) == {}
+    ours = [*everyone, {"ID": "9", "UF_CRM_B24FG_ORIGIN": "sub-1"}]
+    assert plan.resolve(pkg, {"origin:quote": ours}, identity=IDENTITY) == {"quote": 9}
+    lead = plan.package(submission({"lead": {"TITLE": "L"}}, main="lead", unknown=True))
+    foreign = [{"ID": "5", "ORIGIN_ID": "sub-1", "ORIGINATOR_ID": "another-app"}]
+    assert plan.resolve(lead, {"origin:lead": foreign}, identity=IDENTITY) == {}
+
+
+def test_a_deal_gets_its_company_by_update_after_the_add() -> None:
+    records = {"deal": {"TITLE": "D"}, "contact": {"NAME": "A"}, "company": {"TITLE": "C"}}
+    pkg = plan.package(submission(records, main="deal"))
+    steps = plan.creates(pkg, identity=IDENTITY, known={}, prefix="s0_").steps
+    assert [s.role for s in steps] == ["company", "contact", "deal", plan.LINK, plan.TRACE]
+    deal_fields = steps[2].params["fields"]
+    assert isinstance(deal_fields, dict) and "COMPANY_ID" not in deal_fields
+    assert steps[3].method == "crm.deal.update"
+    assert steps[3].params == {"id": Ref("s0_deal"), "fields": {"COMPANY_ID": Ref("s0_company")}}
+    done = plan.creates(
+        pkg, identity=IDENTITY, known={"company": 1, "contact": 2, "deal": 3}, prefix=""
+    ).steps
+    assert [s.role for s in done] == [plan.LINK, plan.TRACE]
+
+
+@pytest.mark.parametrize(
+    ("value", "direct"),
+    [
+        ("$result[s0_lead]", True),
+        ("call me at $RESULT[x] please", True),
+        ("$results[x]", True),
+        ("$error[s1_deal][error]", True),
+        ("I paid $100 [cash]", False),
+        ("$result only", False),
+        ("plain text", False),
+    ],
+)
+def test_values_that_a_batch_would_rewrite_go_in_direct_calls(value: str, direct: bool) -> None:
+    pkg = plan.package(submission({"lead": {"TITLE": "L", "COMMENTS": value}}, main="lead"))
+    steps = plan.creates(pkg, identity=IDENTITY, known={}, prefix="").steps
+    assert plan.must_go_direct(steps) is direct
+
+
+def test_refs_are_resolved_for_direct_calls() -> None:
+    params = {"id": Ref("deal"), "fields": {"COMPANY_ID": Ref("company"), "X": "$result[y]"}}
+    out = plan.with_ids(params, {"deal": 5, "company": 7})
+    assert out == {"id": 5, "fields": {"COMPANY_ID": 7, "X": "$result[y]"}}
+
+
+def test_a_refused_link_leaves_that_record_out_then_the_trace_is_given_up() -> None:
+    denied = "You have no access to entity `CONTACT` with ID `12`."
+    first = plan.after_trace_refusal(None, denied)
+    assert first == "links_denied:CONTACT"
+    records = {"deal": {"TITLE": "D"}, "contact": {"NAME": "A"}}
+    pkg = plan.package(submission(records, main="deal", trace_problem=first))
+    [trace] = plan.creates(
+        pkg, identity=IDENTITY, known={"contact": 12, "deal": 3}, prefix=""
+    ).steps
+    assert trace.params["ENTITIES"] == [{"TYPE": "DEAL", "ID": 3}]
+    bad_json = plan.after_trace_refusal(first, "Can not parse JSON in parameter `TRACE`.")
+    assert plan.TraceState.parse(bad_json) == plan.TraceState(True, frozenset({"CONTACT"}))
+    assert plan.TraceState.parse(plan.after_trace_refusal(bad_json, "again")).refused
