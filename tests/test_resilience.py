@@ -207,7 +207,9 @@ async def test_an_operation_time_limit_on_deals_pauses_only_deals(
 # --------------------------------------------------------------------------- killed processes
 
 
-def serve(tmp_path: Path, portal: Portal, port: int, log_name: str) -> subprocess.Popen[bytes]:
+def serve(
+    tmp_path: Path, portal: Portal, port: int, log_name: str, **settings: str
+) -> subprocess.Popen[bytes]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("B24_")},
         "B24_WEBHOOK_URL": portal.webhook_url,
@@ -218,6 +220,7 @@ def serve(tmp_path: Path, portal: Portal, port: int, log_name: str) -> subproces
         "WORKER_POLL_SECONDS": "0.1",
         "WORKER_BATCH_SIZE": "20",
         "RATE_LIMIT_PER_IP": "0",
+        **settings,
     }
     command = [console_script(), "serve", "--port", str(port)]
     with (tmp_path / log_name).open("wb") as log:
