@@ -1,4 +1,4 @@
-# One entry point for chores (STYLE.md §14): CI runs the same commands through .ci/run.
+# One entry point for chores: CI runs the same commands through .ci/run.
 
 .PHONY: install run test lint bench
 

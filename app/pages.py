@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 
-# A paid-search visit, as b24Tracker.guest.getTrace() returns it (bitrix24-api.md §8.1).
+# A paid-search visit, as b24Tracker.guest.getTrace() returns it (docs/bitrix24.md §8.1).
 SAMPLE_TRACE = json.dumps(
     {
         "url": "https://shop.example/contact",

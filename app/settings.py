@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         env_ignore_empty=True,  # `FORMS_FILE=` in .env means unset, as in .env.example
     )
 
-    # --- the contract's main settings (DESIGN.md "Configuration") ---
+    # --- the contract's main settings (docs/design.md, "Configuration") ---
     B24_WEBHOOK_URL: SecretStr | None = None
     DATABASE_URL: str = DEFAULT_DATABASE_URL
     FORMS_FILE: Path | None = None

@@ -311,7 +311,7 @@ async def test_a_form_added_after_load_gets_the_trace_and_the_pages_utm_tags(
 
     [lead] = await leads(portal)
     assert lead["TRACE"] == STUB_TRACE
-    # The page's own tags win over the trace's (DESIGN.md: the form first, then the trace).
+    # The page's own tags win over the trace's (docs/design.md: the form first, then the trace).
     assert (lead["UTM_SOURCE"], lead["UTM_MEDIUM"], lead["UTM_CAMPAIGN"]) == (
         "vk",
         "social",

@@ -14,7 +14,7 @@ from app.embed import minify
 from tests.conftest import Gateway, Portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
-SIZE_LIMIT_BYTES = 3072  # DESIGN.md: under 3,072 bytes uncompressed
+SIZE_LIMIT_BYTES = 3072  # docs/design.md: under 3,072 bytes uncompressed
 
 
 async def get(

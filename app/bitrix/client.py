@@ -1,5 +1,7 @@
 """The Bitrix24 REST client: owns the webhook URL, the HTTP client, the rate limiter and the
 parsing of answers into results or classified errors. It never retries: the worker decides.
+
+§ numbers refer to the sections of docs/bitrix24.md.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ class BitrixClient:
         # OPERATION_TIME_LIMIT blocks one method until a reset time (unix seconds, §4.2).
         self._blocked_until: dict[str, float] = {}
         self._operating_reset_at: dict[str, float] = {}
-        # The host a renamed portal redirected us to (docs/bitrix24.md §1.4); None until then.
+        # The host a renamed portal redirected us to (§1.4); None until then.
         self.moved_to: str | None = None
         self.last_success_at: float | None = None
         self.last_failure_at: float | None = None
@@ -146,7 +148,7 @@ class BitrixClient:
     async def batch(
         self, commands: Mapping[str, str], *, halt: bool, before_send: BeforeSend | None = None
     ) -> BatchResult:
-        """Run up to 50 commands in one request (docs/bitrix24.md §5); per-command errors are
+        """Run up to 50 commands in one request (§5); per-command errors are
         classified alone."""
         if not commands:
             return BatchResult()
@@ -209,7 +211,7 @@ class BitrixClient:
         )
 
     def _follow(self, method: str, response: httpx.Response) -> None:
-        """A renamed portal answers 302 with its new address (docs/bitrix24.md §1.4): repeat
+        """A renamed portal answers 302 with its new address (§1.4): repeat
         the POST there, keeping our webhook path, when the new host is a Bitrix24 portal."""
         location = urlsplit(response.headers.get("location", ""))
         current = urlsplit(self._base)
@@ -289,7 +291,7 @@ class BitrixClient:
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            # Proxies, WAFs and overload answer with HTML (docs/bitrix24.md §2.3): never the
+            # Proxies, WAFs and overload answer with HTML (§2.3): never the
             # portal's verdict, whatever the status.
             error = classify(
                 None,

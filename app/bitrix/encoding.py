@@ -2,6 +2,8 @@
 
 Every value is percent-encoded once, so `+` in a phone number arrives as `+`, not a space;
 `Ref` values (`$result[cmd]` back-references, §5.2) are written literally.
+
+§ numbers refer to the sections of docs/bitrix24.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The Bitrix24 error tree, grouped by what a failure proves, and the function that classifies an
-answer (docs/bitrix24.md §0 fact 18, §3).
+answer (§0 fact 18, §3).
 
     BitrixError
     ├── TransientError          retry later
@@ -19,6 +19,8 @@ answer (docs/bitrix24.md §0 fact 18, §3).
 
 Dispatch is on the `error` code first, the HTTP status second; a body that is not the
 portal's JSON never proves a configuration problem.
+
+§ numbers refer to the sections of docs/bitrix24.md.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class OutcomeUnknown(TransientError):
     `settled`: the portal finished the request (its own error answer arrived), so a look-up
     now sees everything it did. Otherwise the answer was lost on the way (timeout, dropped
     connection, a proxy's 502/504): PHP may still be running the request for up to its
-    60 s limit, and a look-up must wait (docs/bitrix24.md §0 fact 15).
+    60 s limit, and a look-up must wait (§0 fact 15).
     """
 
     def __init__(self, description: str, *, settled: bool = False, **kwargs: Any) -> None:
@@ -110,14 +112,14 @@ class ConfigError(PermanentError):
 
 class PortalMoved(ConfigError):
     """The portal redirects somewhere that is not a Bitrix24 portal; the webhook (a secret in
-    the path) is not sent there (docs/bitrix24.md §1.4)."""
+    the path) is not sent there (§1.4)."""
 
 
 class RejectedError(PermanentError):
     """The portal rejected the data of this request."""
 
 
-# docs/bitrix24.md §3: codes whose meaning does not depend on the HTTP status.
+# §3: codes whose meaning does not depend on the HTTP status.
 _RATE_CODES = frozenset({"QUERY_LIMIT_EXCEEDED"})
 _TIME_CODES = frozenset({"OPERATION_TIME_LIMIT"})
 _NOT_RUN_CODES = frozenset({"OVERLOAD_LIMIT", "expired_token"})
@@ -157,7 +159,7 @@ def classify(
     """Turn an error answer (a whole call's, or one batch command's) into its error class.
 
     `http_status` is None for a command inside a batch (sub-call statuses are not reported,
-    docs/bitrix24.md §5.3). `portal_json` is False when the body was not the portal's JSON
+    §5.3). `portal_json` is False when the body was not the portal's JSON
     (an HTML page from a proxy, a WAF, nginx).
     """
     cls, settled = _class_for(code, description, http_status, portal_json=portal_json)

@@ -2,11 +2,11 @@
 
 A submission becomes a *package*: its records in dependency order (company, contact, then the
 form's own record), for a deal the step that sets its company, and for a package of several
-records one `crm.tracking.trace.add` linking them all (docs/bitrix24.md §8.4). Delivery runs
+records one `crm.tracking.trace.add` linking them all (§8.4). Delivery runs
 in two phases, each shared by many submissions:
 
 1. look-ups: records an interrupted attempt may have created (by their identity marker,
-   docs/bitrix24.md §7.1), and the existing contact or company to reuse (§7.2);
+   §7.1), and the existing contact or company to reuse (§7.2);
 2. creates: the records still missing, chained with `$result[...]` references (§5.2), then
    the company link and the trace step.
 
@@ -14,6 +14,8 @@ Every record carries its identity marker (delivery/marker.py): ORIGINATOR_ID + O
 (`<id>` on the form's own record, `<id>:contact`, `<id>:company` on the others), or, on a quote,
 the submission id in a custom field. A look-up reads the marker back and compares it: a filter
 alone proves nothing (§0 fact 13).
+
+§ numbers refer to the sections of docs/bitrix24.md.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ from app.trace import utm_only_trace
 CREATE_ORDER = ("company", "contact", "deal", "lead", "quote")
 METHOD_PREFIX = {role: f"crm.{role}" for role in CREATE_ORDER}
 TRACE_TYPES = {role: role.upper() for role in CREATE_ORDER}
-MAX_FINDBYCOMM_VALUES = 20  # docs/bitrix24.md §7.2
+MAX_FINDBYCOMM_VALUES = 20  # §7.2
 # The step that sets a deal's company after the add; its progress entry holds the company id.
 LINK = "link"
 TRACE = "trace"
 
-# Trace-step flags kept in the submission's trace_problem (docs/bitrix24.md §8.3, §8.4).
+# Trace-step flags kept in the submission's trace_problem (§8.3, §8.4).
 TRACE_REJECTED = "trace_rejected"  # the portal refused the trace JSON: UTM-only trace sent
 LINKS_DENIED = "links_denied:"  # + record types the webhook user may not edit: not linked
 TRACE_REFUSED = "trace_refused"  # no trace could be linked; the records exist
@@ -45,7 +47,7 @@ TRACE_REFUSED = "trace_refused"  # no trace could be linked; the records exist
 _NO_ACCESS = re.compile(r"no access to entity `([A-Z]+)`")
 # Back-references the portal substitutes inside batch values after decoding
 # (CRestUtil::processBatchElement: /\$(result|next|total|error|time)([^\s]*)/i, the path in
-# brackets; docs/bitrix24.md §0 fact 16, §5.2). A value that could match never travels in a batch.
+# brackets; §0 fact 16, §5.2). A value that could match never travels in a batch.
 _BACK_REFERENCE = re.compile(r"\$(?:result|next|total|error|time)\S*\[", re.IGNORECASE)
 
 
@@ -94,7 +96,7 @@ class Step:
 
     @property
     def command(self) -> str:
-        """The step as a batch command, `method?query` (docs/bitrix24.md §5.1)."""
+        """The step as a batch command, `method?query` (§5.1)."""
         return command(self.method, self.params)
 
 
@@ -310,7 +312,7 @@ def creates(
 
 
 def after_trace_refusal(problem: str | None, description: str) -> str:
-    """The trace_problem after the portal refused the trace step (docs/bitrix24.md §8.3).
+    """The trace_problem after the portal refused the trace step (§8.3).
 
     A record the webhook user may not edit is left out of the next try (the others are still
     linked); a refused JSON is replaced by a UTM-only trace once; after that, the records are

@@ -1,4 +1,7 @@
-"""The retry decision: error + attempts + times -> when to try next, or give up. Pure."""
+"""The retry decision: error + attempts + times -> when to try next, or give up. Pure.
+
+§ numbers refer to the sections of docs/bitrix24.md.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The delivery worker: claim due submissions, send their commands in shared batches, record
 what each produced. One pass (`run_once`) is what tests drive; `run` loops it until stopped.
 Retries are recorded as the next attempt time by the store, never slept on here.
+
+§ numbers refer to the sections of docs/bitrix24.md.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class WorkerConfig:
     batch_size: int = 50
     # After an answer is lost, the portal may still be running the request (PHP runs to its
     # end, up to its 60 s limit): wait this long from sending before a look-up or a create
-    # (docs/bitrix24.md §0 fact 15). It is also the lease: a crashed worker's claims return
+    # (§0 fact 15). It is also the lease: a crashed worker's claims return
     # this long after its last request.
     unknown_wait_seconds: float = 70.0
     batch_max_bytes: int = 512 * 1024
@@ -66,7 +68,7 @@ class WorkerConfig:
 
 
 class Halted(NotExecuted):
-    """Not run: an earlier command of the same `halt=1` batch failed (docs/bitrix24.md §5.1)."""
+    """Not run: an earlier command of the same `halt=1` batch failed (§5.1)."""
 
 
 @dataclass(slots=True)
@@ -279,7 +281,7 @@ class Worker:
             )
             steps = job.plan.steps
             if paused := self._paused(steps):
-                # A method the portal blocked for a while (docs/bitrix24.md §4.2): wait for its
+                # A method the portal blocked for a while (§4.2): wait for its
                 # reset without calling, while other methods keep flowing.
                 job.error = paused
             elif plan.must_go_direct(steps):
@@ -343,7 +345,7 @@ class Worker:
             job.wait_until = max(job.wait_until or until, until)
 
     def _trace_refused(self, job: _Job, error: BitrixError) -> None:
-        """The portal refused the trace step (docs/bitrix24.md §8.3): the records exist. Leave
+        """The portal refused the trace step (§8.3): the records exist. Leave
         out a record the webhook may not edit, or send a UTM-only trace, and retry only the
         trace step; when nothing is left to try, deliver and keep the flag."""
         job.trace_problem = plan.after_trace_refusal(job.trace_problem, error.description)

@@ -1,5 +1,5 @@
 """Which process may deliver: one elected worker per database, so the portal's request limit
-holds in total however many replicas and worker processes run (bitrix24-api.md §4.1).
+holds in total however many replicas and worker processes run (docs/bitrix24.md §4.1).
 
 PostgreSQL: a session-level advisory lock held on a dedicated connection. When the holder dies
 (even by kill -9), its connection closes and the server frees the lock, so a standby takes over;
