@@ -240,7 +240,9 @@ class Worker:
                 job.error = paused
             elif steps:
                 (direct if plan.must_go_direct(steps) else batched).append((job, steps))
-        await self._send_all(batched, halt=False, read=self._read_lookups)
+            else:
+                job.unknown = False  # every record of the package is known already
+        await self._send_all(batched, halt=False, read=self._read_lookups, writes=False)
         for job, steps in direct:
             await self._send_direct(job, steps, read=self._read_lookups)
 
@@ -251,7 +253,7 @@ class Worker:
         prefix = f"j{job.n}_"
         for step in steps:
             if step.key in result.errors:
-                self._failed(job, step, result.errors[step.key])
+                job.error = result.errors[step.key]  # a read: it changed nothing in the portal
                 return False
             answers[step.key.removeprefix(prefix)] = result.results.get(step.key)
         found = plan.resolve(job.pkg, answers, identity=self.config.identity)
@@ -292,9 +294,9 @@ class Worker:
             elif steps:
                 chains.append((job, steps))
         # Independent records: halt=0, so one rejected lead does not hold back the others.
-        await self._send_all(singles, halt=False, read=self._read_steps)
+        await self._send_all(singles, halt=False, read=self._read_steps, writes=True)
         # Chained records: halt=1, or a failed create would feed garbage into $result (§5.2).
-        await self._send_all(chains, halt=True, read=self._read_steps)
+        await self._send_all(chains, halt=True, read=self._read_steps, writes=True)
         for job, steps in direct:
             await self._send_direct(job, steps, read=self._read_steps)
 
@@ -361,10 +363,15 @@ class Worker:
     # ------------------------------------------------------------------ sending
 
     async def _send_all(
-        self, entries: list[tuple[_Job, list[plan.Step]]], *, halt: bool, read: Reader
+        self,
+        entries: list[tuple[_Job, list[plan.Step]]],
+        *,
+        halt: bool,
+        read: Reader,
+        writes: bool,
     ) -> None:
         for chunk in self._chunks(entries):
-            await self._send_chunk(chunk, halt=halt, read=read)
+            await self._send_chunk(chunk, halt=halt, read=read, writes=writes)
 
     async def _send_chunk(
         self,
@@ -372,6 +379,7 @@ class Worker:
         *,
         halt: bool,
         read: Reader,
+        writes: bool,
         split: bool = True,
     ) -> bool:
         """One batch request; False when it was refused as a whole in front of the portal.
@@ -387,17 +395,20 @@ class Worker:
         except Refused as exc:
             if len(chunk) > 1 and split:
                 half = len(chunk) // 2
-                if await self._send_chunk(chunk[:half], halt=halt, read=read):
-                    await self._send_chunk(chunk[half:], halt=halt, read=read)
+                first, second = chunk[:half], chunk[half:]
+                if await self._send_chunk(first, halt=halt, read=read, writes=writes):
+                    await self._send_chunk(second, halt=halt, read=read, writes=writes)
                     return True
-                return await self._send_chunk(chunk[half:], halt=halt, read=read, split=False)
+                return await self._send_chunk(
+                    second, halt=halt, read=read, writes=writes, split=False
+                )
             for job in jobs:
                 job.error = exc
             return False
         except BitrixError as exc:
             for job in jobs:
                 job.error = exc
-                if isinstance(exc, OutcomeUnknown):
+                if writes and isinstance(exc, OutcomeUnknown):
                     job.unknown = True
                     self._lost(job, exc)
             return True
@@ -408,26 +419,20 @@ class Worker:
         return True
 
     async def _send_direct(self, job: _Job, steps: list[plan.Step], *, read: Reader) -> None:
-        """The steps one by one as direct calls, `$result` references resolved here."""
-        produced: dict[str, object] = {}
+        """The steps one by one as direct calls, `$result` references resolved here; stops at
+        the first failure, then reads the whole as a halted batch would be read."""
+        result = BatchResult()
         for step in steps:
             try:
-                value = await self.client.call(
+                result.results[step.key] = await self.client.call(
                     step.method,
-                    plan.with_ids(step.params, produced),
+                    plan.with_ids(step.params, result.results),
                     before_send=self._guard([job]),
                 )
             except BitrixError as exc:
-                if isinstance(exc, OutcomeUnknown):
-                    job.unknown = True
-                read(job, [step], BatchResult(errors={step.key: exc}), False)
-                return
-            produced[step.key] = value
-            read(job, [step], BatchResult(results={step.key: value}), False)
-            if job.error is not None:
-                return
-            if step.role in plan.CREATE_ORDER and step.role in job.known:
-                produced[step.key] = job.known[step.role]
+                result.errors[step.key] = exc
+                break
+        read(job, steps, result, True)
 
     def _guard(self, jobs: Sequence[_Job]) -> Callable[[], Awaitable[None]]:
         """Runs just before a request goes out: note when it was sent, and keep the leases of
