@@ -121,7 +121,7 @@ def gateway_settings(
         "RETRY_BASE_SECONDS": 0.05,
         "RETRY_MAX_DELAY_SECONDS": 0.3,
         "BITRIX_TIMEOUT_SECONDS": 5,
-        "UNKNOWN_OUTCOME_WAIT_SECONDS": 30,
+        "UNKNOWN_OUTCOME_WAIT_SECONDS": 2,
         # Tests post many forms from one address; the front-door tests turn the limit on.
         "RATE_LIMIT_PER_IP": "0",
         "_env_file": None,

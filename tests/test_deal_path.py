@@ -87,7 +87,8 @@ def by_origin(portal: Portal, entity: str, origin_id: str) -> list[dict[str, Any
 
 
 def package_traces(portal: Portal) -> list[dict[str, Any]]:
-    """Traces made by crm.tracking.trace.add (not the automatic ones of each add, §8.2)."""
+    """Traces made by crm.tracking.trace.add (not the automatic ones of each add,
+    docs/bitrix24.md §8.2)."""
     return [
         t for t in portal.state()["traces"] if t["CREATED_BY_METHOD"] == "crm.tracking.trace.add"
     ]
@@ -138,6 +139,7 @@ async def test_a_deal_package_is_created_once_with_one_trace_linking_all(
         "company": company["ID"],
         "contact": contact["ID"],
         "deal": deal["ID"],
+        "deal_company": company["ID"],
         "trace": trace["ID"],
     }
     # A lone deal package: the look-up, then one batch.
@@ -198,7 +200,9 @@ async def test_contact_and_quote_forms_make_one_record_with_the_trace(
     submission_id = await submit(gateway, form, ORDER)
     store = await gateway.store()
     row = await wait_for(lambda: delivered(store, submission_id))
-    [record] = by_origin(portal, entity, submission_id)
+    # A quote has no ORIGIN_ID: its marker is a custom field the worker created (§6.5).
+    marker = "UF_CRM_B24FG_ORIGIN" if entity == "quote" else "ORIGIN_ID"
+    [record] = [r for r in portal.records(entity) if r.get(marker) == submission_id]
     assert record["TRACE"] == PAID_SEARCH
     assert record["UTM_SOURCE"] == "google"
     assert row.bitrix_ids == {entity: record["ID"]}
@@ -246,7 +250,7 @@ async def test_after_a_partial_failure_the_next_attempt_resumes_at_the_failed_st
     assert commands.count("crm.contact.add") == 1 and commands.count("crm.company.add") == 1
     # An add that may have run is looked up by ORIGIN_ID; one refused unrun is not.
     assert ("crm.deal.list" in commands) is looked_up
-    assert set(row.bitrix_ids) == {"company", "contact", "deal", "trace"}
+    assert set(row.bitrix_ids) == {"company", "contact", "deal", "deal_company", "trace"}
 
 
 async def test_a_rejected_trace_is_retried_alone_with_a_utm_only_trace(

@@ -111,7 +111,9 @@ async def test_a_hung_answer_times_out_and_is_looked_up_not_created_again(
     portal: Portal, make_gateway: MakeGateway
 ) -> None:
     portal.faults(hang_seconds=3.0)
-    gateway = await make_gateway(portal, BITRIX_TIMEOUT_SECONDS=1)
+    # The portal is still running the call when the client gives up after 1 s: the look-up
+    # waits until it cannot be running any more (4 s from sending).
+    gateway = await make_gateway(portal, BITRIX_TIMEOUT_SECONDS=1, UNKNOWN_OUTCOME_WAIT_SECONDS=4)
     [submission_id] = await post_leads(gateway, 1)
     store = await gateway.store()
     await wait_for(lambda: _attempted(store, submission_id, at_least=1))

@@ -36,7 +36,7 @@ METHOD_PREFIX = {role: f"crm.{role}" for role in CREATE_ORDER}
 TRACE_TYPES = {role: role.upper() for role in CREATE_ORDER}
 MAX_FINDBYCOMM_VALUES = 20  # §7.2
 # The step that sets a deal's company after the add; its progress entry holds the company id.
-LINK = "link"
+LINK = "deal_company"
 TRACE = "trace"
 
 # Trace-step flags kept in the submission's trace_problem (§8.3, §8.4).
