@@ -1,6 +1,7 @@
 """`b24-form-gateway check`: can this configuration deliver? Loads the settings and the forms, then
 asks the portal (in sandbox mode, the built-in emulator) whether the webhook works, has the `crm`
-scope, and has every field the forms write (bitrix24-api.md §6.1). Never prints the webhook URL.
+scope, every field the forms write (docs/bitrix24.md §6.1) and each record's identity marker
+(`--create-fields` creates a missing one), and whether it moved. Never prints the webhook URL.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from app.bitrix import BitrixClient, BitrixError, ConfigError
+from app.delivery.marker import DEFAULT_QUOTE_FIELD, Marker, marker_for, userfield_add_params
 from app.forms import PERSON_FIELDS, Entity, Form, load_forms
 from app.settings import Settings
 
 ClientFactory = Callable[[Settings], BitrixClient]
 Level = Literal["ok", "fail", "warn", "skip"]
 MARKS: dict[Level, str] = {"ok": "[ok]  ", "fail": "[FAIL]", "warn": "[warn]", "skip": "[skip]"}
-# Written by the gateway on every record; without them a retry cannot find what it created.
-GATEWAY_FIELDS = ("ORIGINATOR_ID", "ORIGIN_ID")
 TITLED = frozenset({"lead", "deal", "quote", "company"})
 # Standard form fields that go to a person record (lead, contact), and to any form's own record.
 PERSON_TARGETS = {**PERSON_FIELDS, "phone": "PHONE", "email": "EMAIL"}
@@ -55,10 +56,18 @@ def add_command(
     parser = subparsers.add_parser(
         "check", help="check the settings, the forms file and the portal (webhook, scope, fields)"
     )
-    parser.set_defaults(func=lambda _args: run(client_for=client_for))
+    parser.add_argument(
+        "--create-fields",
+        action="store_true",
+        help="create the custom fields the gateway needs to recognise its records (the quote's "
+        "identity marker, QUOTE_ORIGIN_FIELD) where the portal lacks them; needs CRM admin rights",
+    )
+    parser.set_defaults(
+        func=lambda args: run(client_for=client_for, create_fields=args.create_fields)
+    )
 
 
-def run(*, client_for: ClientFactory) -> int:
+def run(*, client_for: ClientFactory, create_fields: bool = False) -> int:
     """0 when every check passes, 1 when one fails; bad settings or forms raise (exit 2)."""
     settings = Settings.load()
     forms = load_forms(settings.FORMS_FILE)
@@ -74,25 +83,58 @@ def run(*, client_for: ClientFactory) -> int:
         )
     else:
         report.add("ok", f"target: the portal at {settings.webhook_host}")
-    asyncio.run(_probe_and_close(report, client_for(settings), forms, sandbox=settings.sandbox))
-    print(report.render())
+    webhook = settings.B24_WEBHOOK_URL.get_secret_value() if settings.B24_WEBHOOK_URL else None
+    asyncio.run(
+        _probe_and_close(
+            report,
+            client_for(settings),
+            forms,
+            sandbox=settings.sandbox,
+            quote_field=settings.QUOTE_ORIGIN_FIELD,
+            create_fields=create_fields,
+            webhook=webhook,
+        )
+    )
+    print(_redact(report.render(), webhook))
     return 1 if report.failed else 0
 
 
 async def _probe_and_close(
-    report: Report, client: BitrixClient, forms: Mapping[str, Form], *, sandbox: bool
+    report: Report,
+    client: BitrixClient,
+    forms: Mapping[str, Form],
+    *,
+    sandbox: bool,
+    quote_field: str,
+    create_fields: bool,
+    webhook: str | None,
 ) -> None:
     try:
-        await probe(report, client, forms, sandbox=sandbox)
+        await probe(
+            report,
+            client,
+            forms,
+            sandbox=sandbox,
+            quote_field=quote_field,
+            create_fields=create_fields,
+        )
+        if webhook is not None:
+            check_moved(report, client, webhook)
     finally:
         await client.aclose()
 
 
 async def probe(
-    report: Report, client: BitrixClient, forms: Mapping[str, Form], *, sandbox: bool
+    report: Report,
+    client: BitrixClient,
+    forms: Mapping[str, Form],
+    *,
+    sandbox: bool,
+    quote_field: str = DEFAULT_QUOTE_FIELD,
+    create_fields: bool = False,
 ) -> None:
     """Run the portal checks, adding one line each; later checks are skipped when one
-    they depend on fails."""
+    they depend on fails. `create_fields`: create missing identity marker fields."""
     try:
         profile = await client.call("profile")
     except BitrixError as exc:
@@ -130,30 +172,87 @@ async def probe(
         catalogue[entity] = {str(k): v for k, v in fields.items()}
         report.add("ok", f"crm.{entity}.fields: {len(fields)} fields")
 
+    markers = {role: marker_for(role, quote_field=quote_field) for role in catalogue}
+    created: dict[str, str | None] = {}
+    if create_fields:
+        created = await create_marker_fields(client, catalogue, markers)
+
     for form in (forms[form_id] for form_id in sorted(forms)):
         for role, written in roles(form).items():
             known = catalogue.get(role)
-            if known is not None:
-                _check_fields(report, form, role, written, known, sandbox=sandbox)
+            if known is None:
+                continue
+            marker = markers[role]
+            _check_fields(report, form, role, written, known, marker=marker, sandbox=sandbox)
+            _check_marker(report, form, role, known, marker, created=created, sandbox=sandbox)
 
 
 def roles(form: Form) -> dict[str, set[str]]:
-    """The records a form creates, each with the fields its mapping writes there
-    (the `defaults` keys and `fields` targets, and the gateway's own fields)."""
+    """The records a form creates, each with the fields its mapping writes there (the
+    `defaults` keys and `fields` targets); the identity marker is checked on its own."""
     main = form.entity.value
-    out = {main: {*GATEWAY_FIELDS, *form.defaults, *form.fields.values()}}
+    out = {main: {*form.defaults, *form.fields.values()}}
     if form.entity is Entity.DEAL:
         assigned = {"ASSIGNED_BY_ID"} & set(form.defaults)
         if form.contact != "none":
-            out["contact"] = {*GATEWAY_FIELDS, *assigned}
+            out["contact"] = set(assigned)
         if form.company != "none":
-            out["company"] = {*GATEWAY_FIELDS, *assigned}
+            out["company"] = set(assigned)
     return out
 
 
-def always_sent(form: Form, role: str) -> set[str]:
-    """Fields every record of this role gets, whatever the visitor fills in."""
-    sent = set(GATEWAY_FIELDS)
+def marker_fields(marker: Marker) -> list[str]:
+    """The fields of an identity marker, as the gateway writes them on every record."""
+    return [marker.field] if marker.originator is None else [marker.originator, marker.field]
+
+
+async def create_marker_fields(
+    client: BitrixClient,
+    catalogue: dict[str, dict[str, object] | None],
+    markers: Mapping[str, Marker],
+) -> dict[str, str | None]:
+    """Create each custom marker field the portal lacks (crm.<role>.userfield.add), once.
+
+    Returns field code -> None when created (it is then added to `catalogue`), or the
+    portal's reason for refusing it.
+    """
+    outcome: dict[str, str | None] = {}
+    for role, marker in sorted(markers.items()):
+        known = catalogue.get(role)
+        code = marker.field
+        if known is None or code in known or not code.startswith("UF_") or code in outcome:
+            continue
+        try:
+            await client.call(f"crm.{role}.userfield.add", userfield_add_params(code))
+        except BitrixError as exc:
+            outcome[code] = _error(exc)
+            continue
+        outcome[code] = None
+        known[code] = {"type": "string", "isRequired": False, "isMultiple": False}
+    return outcome
+
+
+def check_moved(report: Report, client: BitrixClient, webhook: str) -> None:
+    """Warn when the client followed a renamed portal's redirect (docs/bitrix24.md §1.4):
+    B24_WEBHOOK_URL still names the old host. Prints hosts and the user id, never the secret."""
+    moved_to = getattr(client, "moved_to", None)
+    if not isinstance(moved_to, str) or not moved_to:
+        return
+    parts = urlsplit(webhook)
+    old = parts.netloc.rpartition("@")[2]
+    segments = [s for s in parts.path.split("/") if s]
+    user = segments[1] if len(segments) > 1 else "<user id>"
+    report.add(
+        "warn",
+        f"portal: {old} redirects to {moved_to} (the portal was renamed); update "
+        f"B24_WEBHOOK_URL to {parts.scheme}://{moved_to}/rest/{user}/<secret>/",
+    )
+
+
+def always_sent(form: Form, role: str, *, marker: Marker | None = None) -> set[str]:
+    """Fields every record of this role gets, whatever the visitor fills in (`marker`: the
+    role's identity marker, by default with the default quote field)."""
+    sent = set(marker_fields(marker or marker_for(role)))
     single = {group for group in form.required if "|" not in group}
     main = role == form.entity.value
     if main:
@@ -166,7 +265,7 @@ def always_sent(form: Form, role: str) -> set[str]:
     if role in TITLED:
         sent.add("TITLE")  # rendered from the form's title template; a company needs its name
     if role == "contact" and not main:
-        sent.add("NAME")  # a deal's contact always gets a name (§6.2)
+        sent.add("NAME")  # a deal's contact always gets a name (docs/bitrix24.md §6.2)
     if role in ("lead", "contact"):
         sent |= {target for source, target in PERSON_TARGETS.items() if source in single}
     return sent
@@ -179,10 +278,22 @@ def _check_fields(
     written: set[str],
     known: Mapping[str, object],
     *,
+    marker: Marker,
     sandbox: bool,
 ) -> None:
     where = f"form {form.id} -> {role}"
-    missing = sorted(written - set(known))
+    # The mapping must leave the identity marker to the gateway (ORIGIN_ID and the like are
+    # refused by the forms file; the quote's custom field is a setting, so it is caught here).
+    own = set(marker_fields(marker))
+    taken = sorted(own & written)
+    if taken:
+        setting = " (QUOTE_ORIGIN_FIELD)" if marker.field.startswith("UF_") else ""
+        report.add(
+            "fail",
+            f"{where}: the form's mapping writes {', '.join(taken)}, the field that identifies "
+            f"the gateway's {role} records{setting}; map that value to another field",
+        )
+    missing = sorted(written - set(known) - own)
     custom = [code for code in missing if code.startswith("UF_")]
     standard = [code for code in missing if not code.startswith("UF_")]
     if standard:
@@ -199,22 +310,96 @@ def _check_fields(
             f"{where}: no such custom field on the portal: {', '.join(custom)} "
             "(the portal would drop the value silently)",
         )
-    if not missing:
-        report.add("ok", f"{where}: the fields it maps exist ({len(written)} checked)")
+    if written - own and not missing:
+        report.add("ok", f"{where}: the fields it maps exist ({len(written - own)} checked)")
 
     needed = sorted(
         code
         for code, spec in known.items()
         if isinstance(spec, dict) and spec.get("isRequired") and not spec.get("isReadOnly")
     )
-    unsent = [code for code in needed if code not in always_sent(form, role)]
+    sent = always_sent(form, role, marker=marker)
+    unsent = [code for code in needed if code not in sent]
     for code in unsent:
         text = f"{where}: {code} is required on the portal, and not every submission sets it"
         if code.startswith("UF_"):
-            # §6.1: required custom fields are enforced only if the portal's REST setting says so.
+            # docs/bitrix24.md §6.1: required custom fields are enforced only if the portal's
+            # REST setting says so.
             report.add("warn", text + " (enforced if the portal requires custom fields in REST)")
         else:
             report.add("fail", text + " (such records would be refused)")
+
+
+def _check_marker(
+    report: Report,
+    form: Form,
+    role: str,
+    known: Mapping[str, object],
+    marker: Marker,
+    *,
+    created: Mapping[str, str | None],
+    sandbox: bool,
+) -> None:
+    """One line: whether the portal has the field(s) that recognise this role's records after a
+    lost answer, so a retry finds what it created instead of creating it twice."""
+    where = f"form {form.id} -> {role}"
+    codes = marker_fields(marker)
+    custom = marker.field.startswith("UF_")
+    name = f"{marker.field} (custom field)" if custom else " + ".join(codes)
+    missing = [code for code in codes if code not in known]
+    if not missing:
+        spec = known[marker.field]
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        multiple = isinstance(spec, dict) and bool(spec.get("isMultiple"))
+        if custom and (kind not in (None, "string") or multiple):
+            shape = f"{'a multiple ' if multiple else 'a '}{kind or 'string'} field"
+            report.add(
+                "fail",
+                f"{where}: identity marker {name} is {shape}; it must be a single string field "
+                "(set QUOTE_ORIGIN_FIELD to another code, or recreate the field)",
+            )
+        elif marker.field in created:
+            report.add("ok", f"{where}: identity marker {name} created")
+        elif custom:
+            report.add("ok", f"{where}: identity marker {name} exists")
+        else:
+            report.add("ok", f"{where}: identity marker {name}")
+        return
+    if custom and marker.field in created:
+        report.add(
+            "fail",
+            f"{where}: identity marker {name} could not be created: {created[marker.field]}",
+        )
+    elif custom and sandbox:
+        report.add(
+            "warn",
+            f"{where}: identity marker {name}: the built-in emulator starts without it; on a "
+            "real portal, run `b24-form-gateway check --create-fields` (needs CRM admin rights)",
+        )
+    elif custom:
+        report.add(
+            "fail",
+            f"{where}: cannot be delivered exactly once: the portal has no custom field "
+            f"{marker.field} to recognise a {role} after a lost answer; run "
+            "`b24-form-gateway check --create-fields` (needs CRM admin rights)",
+        )
+    else:
+        report.add(
+            "fail",
+            f"{where}: cannot be delivered exactly once: the portal has no field "
+            f"{', '.join(missing)} to recognise a {role} after a lost answer",
+        )
+
+
+def _redact(text: str, webhook: str | None) -> str:
+    """The output without the webhook URL or its secret, whatever a message quoted."""
+    if not webhook:
+        return text
+    text = text.replace(webhook, "B24_WEBHOOK_URL").replace(webhook.rstrip("/"), "B24_WEBHOOK_URL")
+    segments = [s for s in urlsplit(webhook).path.split("/") if s]
+    if len(segments) > 2 and len(segments[2]) >= 4:
+        text = text.replace(segments[2], "<secret>")
+    return text
 
 
 def _error(exc: BitrixError) -> str:

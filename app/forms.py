@@ -31,7 +31,7 @@ UTM_FIELDS = {
     "utm_content": "UTM_CONTENT",
     "utm_term": "UTM_TERM",
 }
-# Standard names understood on every form (DESIGN.md "Forms file") and their lead field.
+# Standard names understood on every form (docs/design.md "Forms file") and their lead field.
 PERSON_FIELDS = {"name": "NAME", "last_name": "LAST_NAME", "second_name": "SECOND_NAME"}
 STANDARD_FIELDS = frozenset(
     {*PERSON_FIELDS, "phone", "email", "message", "company", "title", *UTM_FIELDS, "trace"}
@@ -82,6 +82,9 @@ class _FormModel(BaseModel):
     error_redirect_url: str | None = None
     min_fill_seconds: float = Field(default=0, ge=0, le=3600)
     captcha: bool = True
+    # Whether a numeric trace (the id of an existing trace) is sent. getTrace() never returns
+    # one, and on a public form an id would let a visitor attach their record to anyone's trace.
+    trace_ids: bool = False
 
     @field_validator("redirect_url", "error_redirect_url")
     @classmethod
@@ -162,6 +165,7 @@ class Form:
     error_redirect_url: str | None = None
     min_fill_seconds: float = 0
     captcha: bool = True
+    trace_ids: bool = False
 
 
 BUILTIN_FORMS: dict[str, Form] = {"contact": Form(id="contact")}
@@ -308,7 +312,7 @@ def map_submission(
 
     `records` maps a role (lead, deal, contact, company, quote) to its CRM fields; `main` names
     the form's own record; `match` says how to find an existing contact or company; `utm` is
-    kept for a UTM-only trace (bitrix24-api.md §8.4). Stored at intake, so a later change of
+    kept for a UTM-only trace (docs/bitrix24.md §8.4). Stored at intake, so a later change of
     the forms file does not change what an accepted submission becomes.
     """
     utm = utm_of(values, trace_utm)
@@ -333,7 +337,7 @@ def map_submission(
         if form.contact != "none":
             person = _person(values)
             if not ("NAME" in person or "LAST_NAME" in person):
-                # §6.2: a contact needs NAME or LAST_NAME on older portals.
+                # docs/bitrix24.md §6.2: a contact needs NAME or LAST_NAME on older portals.
                 person["NAME"] = first(values, "email") or first(values, "phone") or "—"
             records["contact"] = {**person, **assigned, **_utm_fields(utm)}
             if form.contact == "find_or_create" and ("PHONE" in person or "EMAIL" in person):

@@ -1,6 +1,7 @@
-"""`b24-form-gateway check`: the webhook, its scope, and every field the forms write, asked of the
-emulator as a real server (and of the built-in one in sandbox mode); exit 0 when all is well, 1
-when a check fails, 2 for bad settings. The webhook URL is never printed."""
+"""`b24-form-gateway check`: the webhook, its scope, every field the forms write, each record's
+identity marker (`--create-fields`) and a renamed portal, asked of the emulator as a real server
+(and of the built-in one in sandbox mode); exit 0 when all is well, 1 when a check fails, 2 for
+bad settings. The webhook URL is never printed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from app.main import cli
-from tests.conftest import PORTAL_SECRET, Portal
+from tests.conftest import PORTAL_SECRET, Portal, new_portal
+from tests.servers import RunningServer
 
 Check = Callable[..., tuple[int, str]]
 
@@ -43,9 +45,12 @@ def check(
     """Run `check` in-process with these settings (and no .env); returns (exit code, output)."""
     for name in ("B24_WEBHOOK_URL", "FORMS_FILE", "ADMIN_TOKEN", "DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("QUOTE_ORIGIN_FIELD", raising=False)
     monkeypatch.chdir(tmp_path)
 
-    def run(*, webhook: str | None, forms: str | None = FORMS) -> tuple[int, str]:
+    def run(
+        *, webhook: str | None, forms: str | None = FORMS, args: tuple[str, ...] = ()
+    ) -> tuple[int, str]:
         if webhook is None:
             monkeypatch.delenv("B24_WEBHOOK_URL", raising=False)
         else:
@@ -56,7 +61,7 @@ def check(
             (tmp_path / "forms.toml").write_text(forms)
             monkeypatch.setenv("FORMS_FILE", str(tmp_path / "forms.toml"))
         capsys.readouterr()
-        code = cli(["check"])
+        code = cli(["check", *args])
         captured = capsys.readouterr()
         return code, captured.out + captured.err
 
@@ -124,7 +129,8 @@ def test_a_required_field_the_form_does_not_always_send_is_reported(
     [comments] = lines_with(out, "COMMENTS")
     assert comments.startswith("[FAIL]") and "form contact -> lead" in comments
     [city] = lines_with(out, "UF_CRM_CITY")
-    assert city.startswith("[warn]")  # custom fields: enforced only by a portal setting (§6.1)
+    # Custom fields: enforced only by a portal setting (docs/bitrix24.md §6.1).
+    assert city.startswith("[warn]")
 
     # A form that always sends them: a default, and a mapped field the form requires.
     fixed = forms.replace(
@@ -194,3 +200,144 @@ def test_the_installed_command_runs_in_an_empty_folder(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sandbox" in result.stdout and result.stdout.endswith("all passed\n")
     assert not (tmp_path / "data").exists()  # a check touches no database
+
+
+# --------------------------------------------------------------------------- identity markers
+
+QUOTE_FORMS = """
+[forms.estimate]
+entity = "quote"
+required = ["email"]
+
+[forms.contact]
+entity = "lead"
+"""
+MARKER = "UF_CRM_B24FG_ORIGIN"
+NO_MARKER = (
+    "[FAIL] form estimate -> quote: cannot be delivered exactly once: the portal has no custom "
+    "field UF_CRM_B24FG_ORIGIN to recognise a quote after a lost answer; run "
+    "`b24-form-gateway check --create-fields` (needs CRM admin rights)"
+)
+
+
+def methods(portal: Portal) -> list[str]:
+    return [r["method"] for r in portal.state()["requests"]]
+
+
+def test_each_record_a_form_creates_names_its_identity_marker(
+    custom_fields: Portal, check: Check
+) -> None:
+    forms = FORMS.replace('district = "UF_CRM_DISTRICT"\n', "")
+    code, out = check(webhook=custom_fields.webhook_url, forms=forms)
+    assert code == 0, out
+    for where in ("contact -> lead", "order -> deal", "order -> contact", "order -> company"):
+        [line] = lines_with(out, f"form {where}: identity marker")
+        assert line == f"[ok]   form {where}: identity marker ORIGINATOR_ID + ORIGIN_ID"
+
+
+def test_a_quote_form_needs_the_marker_field_on_the_portal(portal: Portal, check: Check) -> None:
+    code, out = check(webhook=portal.webhook_url, forms=QUOTE_FORMS)
+    assert code == 1
+    assert NO_MARKER in out.splitlines()
+    assert out.splitlines()[-1] == "FAILED: 1 check"
+    assert lines_with(out, "form contact -> lead: identity marker")[0].startswith("[ok]")
+    assert "crm.quote.userfield.add" not in methods(portal)  # only with --create-fields
+    assert PORTAL_SECRET not in out
+
+
+def test_create_fields_creates_the_quote_marker_field_once(portal: Portal, check: Check) -> None:
+    forms = QUOTE_FORMS + '\n[forms.big_estimate]\nentity = "quote"\n'
+    code, out = check(webhook=portal.webhook_url, forms=forms, args=("--create-fields",))
+    assert code == 0, out
+    for form in ("estimate", "big_estimate"):
+        [line] = lines_with(out, f"form {form} -> quote: identity marker")
+        assert (
+            line == f"[ok]   form {form} -> quote: identity marker {MARKER} (custom field) created"
+        )
+    adds = [r for r in portal.state()["requests"] if r["method"] == "crm.quote.userfield.add"]
+    assert len(adds) == 1  # one field, however many forms use it
+    assert PORTAL_SECRET not in out
+
+    # The portal has it now (FIELD_NAME B24FG_ORIGIN became UF_CRM_B24FG_ORIGIN): a plain check
+    # passes and creates nothing.
+    code, out = check(webhook=portal.webhook_url, forms=forms)
+    assert code == 0, out
+    [line] = lines_with(out, "form estimate -> quote: identity marker")
+    assert line == f"[ok]   form estimate -> quote: identity marker {MARKER} (custom field) exists"
+    assert methods(portal).count("crm.quote.userfield.add") == 1
+
+
+def test_a_refused_field_creation_fails_with_the_portals_message(
+    portal: Portal, check: Check
+) -> None:
+    portal.faults(
+        fail_methods={
+            "crm.quote.userfield.add": {
+                "count": 5,
+                "status": 403,
+                "error": "ACCESS_DENIED",
+                "description": "Access denied.",
+            }
+        }
+    )
+    code, out = check(webhook=portal.webhook_url, forms=QUOTE_FORMS, args=("--create-fields",))
+    assert code == 1
+    [line] = lines_with(out, "form estimate -> quote")
+    assert line.startswith("[FAIL]") and "could not be created" in line
+    assert "ACCESS_DENIED" in line and "Access denied." in line
+    assert PORTAL_SECRET not in out and "/rest/" not in out
+
+
+def test_the_marker_field_is_the_quote_origin_field_setting(
+    custom_fields: Portal, check: Check, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    custom_fields.control("config", {"user_fields": {"quote": ["UF_CRM_SITE_ORIGIN"]}})
+    monkeypatch.setenv("QUOTE_ORIGIN_FIELD", "UF_CRM_SITE_ORIGIN")
+    code, out = check(webhook=custom_fields.webhook_url, forms=QUOTE_FORMS)
+    assert code == 0, out
+    [line] = lines_with(out, "form estimate -> quote: identity marker")
+    assert line.startswith("[ok]") and "UF_CRM_SITE_ORIGIN (custom field) exists" in line
+
+
+def test_a_form_that_maps_onto_the_marker_field_fails(custom_fields: Portal, check: Check) -> None:
+    custom_fields.control("config", {"user_fields": {"quote": [MARKER]}})
+    forms = QUOTE_FORMS.replace(
+        'required = ["email"]\n',
+        f'required = ["email"]\n[forms.estimate.fields]\nref = "{MARKER}"\n',
+    )
+    code, out = check(webhook=custom_fields.webhook_url, forms=forms)
+    assert code == 1
+    [line] = lines_with(out, "mapping writes")
+    assert line.startswith("[FAIL] form estimate -> quote") and MARKER in line
+
+
+def test_in_the_sandbox_a_missing_marker_field_is_a_warning(check: Check) -> None:
+    code, out = check(webhook=None, forms=QUOTE_FORMS)
+    assert code == 0, out
+    [line] = lines_with(out, "form estimate -> quote: identity marker")
+    assert line.startswith("[warn]") and "built-in emulator" in line and "--create-fields" in line
+
+    code, out = check(webhook=None, forms=QUOTE_FORMS, args=("--create-fields",))
+    assert code == 0, out
+    [line] = lines_with(out, "form estimate -> quote: identity marker")
+    assert line.startswith("[ok]") and line.endswith("created")
+
+
+def test_a_renamed_portal_is_reported_with_its_new_host_never_the_secret(check: Check) -> None:
+    old = new_portal()
+    new = RunningServer(old.server.app)  # the same portal, reached under its new name
+    new.start()
+    try:
+        old.faults(moved_to=new.url)
+        code, out = check(webhook=old.webhook_url, forms='[forms.contact]\nentity = "lead"\n')
+        assert code == 0, out
+        [line] = lines_with(out, "portal:")
+        assert line == (
+            f"[warn] portal: 127.0.0.1:{old.server.port} redirects to 127.0.0.1:{new.port} "
+            "(the portal was renamed); update B24_WEBHOOK_URL to "
+            f"http://127.0.0.1:{new.port}/rest/1/<secret>/"
+        )
+        assert PORTAL_SECRET not in out
+    finally:
+        new.stop()
+        old.server.stop()

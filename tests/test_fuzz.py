@@ -254,15 +254,18 @@ ANY_INPUT = JSON_VALUES | st.text(max_size=200) | st.binary(max_size=50) | st.ju
 
 
 @PROPERTY_SETTINGS
-@given(raw=ANY_INPUT)
-def test_check_trace_never_raises_and_sends_only_objects_or_ids(raw: object) -> None:
-    trace = check_trace(raw, max_bytes=MAX_TRACE)
+@given(raw=ANY_INPUT, allow_ids=st.booleans())
+def test_check_trace_never_raises_and_sends_only_objects_or_ids(
+    raw: object, allow_ids: bool
+) -> None:
+    trace = check_trace(raw, allow_ids=allow_ids, max_bytes=MAX_TRACE)
     assert trace.problem is None or isinstance(trace.problem, TraceProblem)
     if trace.value is None:
         return
     assert trace.problem is None
     if trace.is_id:
-        assert trace.value.isdigit() and int(trace.value) > 0
+        # Only where the form opts in (`trace_ids`): an id links to anyone's trace.
+        assert allow_ids and trace.value.isdigit() and int(trace.value) > 0
     else:
         assert isinstance(json.loads(trace.value), dict)
         assert len(trace.value.encode("utf-8")) <= MAX_TRACE
@@ -298,8 +301,8 @@ def test_an_object_from_a_json_body_is_serialised_compactly(obj: dict[str, Any])
 @PROPERTY_SETTINGS
 @given(value=JSON_VALUES.filter(lambda v: not isinstance(v, dict)))
 def test_json_that_is_not_an_object_is_flagged_unless_it_is_a_trace_id(value: object) -> None:
-    trace = check_trace(json.dumps(value), max_bytes=1 << 20)
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    trace = check_trace(json.dumps(value), allow_ids=True, max_bytes=1 << 20)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
         assert trace.is_id and trace.value == str(value)
     else:
         assert trace.value is None and trace.problem is TraceProblem.NOT_OBJECT

@@ -125,11 +125,60 @@ async def test_form_utm_fields_win_over_the_trace_tags(
     assert lead["UTM_MEDIUM"] == "cpc"
 
 
-async def test_a_trace_id_is_passed_on_as_it_is(portal: Portal, make_gateway: MakeGateway) -> None:
-    gateway = await make_gateway(portal)
-    response = await post(gateway, "urlencoded", {"phone": "+15550001111", "trace": "1581"})
+async def someone_elses_trace(portal: Portal, gateway: Gateway) -> int:
+    """The id of the automatic trace of a lead another visitor sent (ids are sequential)."""
+    response = await post(gateway, "urlencoded", {"phone": "+15550002222", "trace": PAID_SEARCH})
     lead = await delivered_lead(portal, response.json()["id"])
-    assert lead["TRACE"] == "1581"
+    [trace_id] = lead["TRACE_IDS"]
+    return int(trace_id)
+
+
+def trace_entities(portal: Portal, trace_id: int) -> list[tuple[str, int]]:
+    [trace] = [t for t in portal.state()["traces"] if t["ID"] == trace_id]
+    return [(e["TYPE"], int(e["ID"])) for e in trace["ENTITIES"]]
+
+
+@pytest.mark.parametrize("kind", ["urlencoded", "json"])
+async def test_a_trace_id_is_passed_on_as_it_is_where_the_form_allows_ids(
+    portal: Portal, make_gateway: MakeGateway, tmp_path: Path, kind: str
+) -> None:
+    forms = tmp_path / "forms.toml"
+    forms.write_text("[forms.contact]\ntrace_ids = true\n")
+    gateway = await make_gateway(portal, FORMS_FILE=str(forms))
+    existing = await someone_elses_trace(portal, gateway)
+    trace: Any = existing if kind == "json" else str(existing)
+    response = await post(gateway, kind, {"phone": "+15550001111", "trace": trace})
+    assert response.status_code == 202
+    lead = await delivered_lead(portal, response.json()["id"])
+    assert lead["TRACE"] == str(existing)
+    assert lead["TRACE_IDS"] == [existing]  # linked to that trace, no new one
+    store = await gateway.store()
+    stored = await store.get(response.json()["id"])
+    assert stored is not None and stored.trace_is_id and stored.trace_problem is None
+
+
+@pytest.mark.parametrize("kind", ["urlencoded", "json"])
+async def test_a_trace_id_on_a_form_without_trace_ids_is_flagged_and_not_sent(
+    portal: Portal, make_gateway: MakeGateway, kind: str
+) -> None:
+    gateway = await make_gateway(portal)
+    existing = await someone_elses_trace(portal, gateway)
+    for raw in (12345, existing):
+        trace: Any = raw if kind == "json" else str(raw)
+        response = await post(gateway, kind, {"phone": "+15550001111", "trace": trace})
+        assert response.status_code == 202
+        submission_id = response.json()["id"]
+        lead = await delivered_lead(portal, submission_id)
+        assert "TRACE" not in lead
+        # Only the add's automatic trace, made for this lead; never someone else's.
+        [own] = lead["TRACE_IDS"]
+        assert own not in (12345, existing)
+        assert trace_entities(portal, own) == [("LEAD", int(lead["ID"]))]
+        store = await gateway.store()
+        stored = await store.get(submission_id)
+        assert stored is not None and stored.trace_problem == "trace_id_not_allowed"
+        assert stored.trace is None and not stored.trace_is_id
+    assert len(trace_entities(portal, existing)) == 1  # still only the other visitor's lead
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ class FormsCORS:
 
     `/forms/{id}` is answered (preflight included) by the instance holding that form's
     origins; every other path, and unknown forms, by the one for `ALLOWED_ORIGINS`. With no
-    list at all, any origin is echoed (embed.js works on any page; DESIGN.md).
+    list at all, any origin is echoed (embed.js works on any page; docs/design.md).
     """
 
     def __init__(self, app: ASGIApp, *, policy: OriginPolicy, form_ids: tuple[str, ...]) -> None:

@@ -154,7 +154,8 @@ _JSON_SCHEMA: dict[str, Any] = {
     "properties": {
         **_FIELD_PROPERTIES,
         "trace": {
-            "description": "the getTrace() string, the trace as an object, or a trace id",
+            "description": "the getTrace() string, the trace as an object, or (on a form "
+            "with `trace_ids = true`) the id of an existing trace",
             "anyOf": [{"type": "string"}, {"type": "object"}, {"type": "integer"}],
         },
     },
@@ -246,7 +247,7 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
     wants_html = _wants_html(request)
     try:
         body = await parse_body(request, limit=ctx.settings.MAX_BODY_BYTES)
-        # The header wins over the field when both are present (DESIGN.md).
+        # The header wins over the field when both are present (docs/design.md).
         key = _idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
         if key is None:
             key = _idempotency_key(first(body.fields, KEY_FIELD) or None)
@@ -258,7 +259,9 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
     if errors:
         return _refused(form, 422, "some fields are invalid", errors, wants_html=wants_html)
 
-    trace = check_trace(body.trace, max_bytes=ctx.settings.MAX_TRACE_BYTES)
+    trace = check_trace(
+        body.trace, allow_ids=form.trace_ids, max_bytes=ctx.settings.MAX_TRACE_BYTES
+    )
     body_hash = _hash(fields, body.trace)
     # With a captcha, a replay is answered before verifying: a token verifies only once. Without
     # one, the insert itself detects a replay (ON CONFLICT on the key), which saves a read.
@@ -341,7 +344,7 @@ async def _captcha_reason(
 
 
 def _wants_html(request: Request) -> bool:
-    """An HTML answer goes only to a form post whose Accept names text/html (DESIGN.md)."""
+    """An HTML answer goes only to a form post whose Accept names text/html (docs/design.md)."""
     kind, _ = media_type(request)
     return kind in (URLENCODED, MULTIPART) and "text/html" in request.headers.get("accept", "")
 
@@ -433,7 +436,7 @@ def _invalid_contacts(fields: Mapping[str, list[str]]) -> dict[str, str]:
             errors["email"] = "not a valid email address"
             break
     for phone in non_empty(fields, "phone"):
-        # The contract's rule is the digit count alone (DESIGN.md): people type phones with
+        # The contract's rule is the digit count alone (docs/design.md): people type phones with
         # spaces, dashes, brackets, "ext." or "доб."; Bitrix24 normalises them itself.
         digits = sum("0" <= ch <= "9" for ch in phone)
         if not 5 <= digits <= 20:

@@ -43,9 +43,18 @@ city = "UF_CRM_CITY"
     assert form.fields == {"city": "UF_CRM_CITY"}
 
 
+def test_trace_ids_are_off_unless_a_form_opts_in(tmp_path: Path) -> None:
+    # A numeric trace links the record to that existing trace; getTrace() never returns one.
+    assert BUILTIN_FORMS["contact"].trace_ids is False
+    path = write(tmp_path, "[forms.public]\n[forms.crm_widget]\ntrace_ids = true\n")
+    forms = load_forms(path)
+    assert (forms["public"].trace_ids, forms["crm_widget"].trace_ids) == (False, True)
+
+
 @pytest.mark.parametrize(
     ("text", "names"),
     [
+        ("[forms.order]\ntrace_ids = 'maybe'\n", ["[forms.order]", "trace_ids"]),
         ("[forms.order]\nentity = 'lead'\ncolour = 'red'\n", ["[forms.order]", "colour"]),
         ("[forms.order]\nredirect_url = 'thanks.html'\n", ["[forms.order]", "redirect_url"]),
         ("[forms.order]\ntitle = '{name.upper}'\n", ["[forms.order]", "title"]),

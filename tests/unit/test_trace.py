@@ -1,4 +1,5 @@
-"""The trace check: valid traces pass byte for byte, ids pass as ids, the rest is flagged."""
+"""The trace check: valid traces pass byte for byte, ids pass only where the form allows them,
+the rest is flagged."""
 
 import json
 from pathlib import Path
@@ -31,8 +32,6 @@ def test_whitespace_and_key_order_are_not_rewritten() -> None:
         (None, Trace()),
         ("", Trace()),
         ("   ", Trace()),
-        ("42", Trace(value="42", is_id=True)),
-        (42, Trace(value="42", is_id=True)),
         ("0", Trace(problem=TraceProblem.NOT_OBJECT)),
         (-5, Trace(problem=TraceProblem.NOT_OBJECT)),
         (True, Trace(problem=TraceProblem.NOT_OBJECT)),
@@ -49,6 +48,24 @@ def test_whitespace_and_key_order_are_not_rewritten() -> None:
 )
 def test_trace_classification(raw: object, expected: Trace) -> None:
     assert check_trace(raw) == expected
+    assert check_trace(raw, allow_ids=True) == expected
+
+
+@pytest.mark.parametrize("raw", ["42", " 42\n", 42, "9223372036854775807"])
+def test_a_trace_id_is_sent_only_where_the_form_allows_ids(raw: object) -> None:
+    number = str(raw).strip()
+    assert check_trace(raw, allow_ids=True) == Trace(value=number, is_id=True)
+    # getTrace() never returns a number: elsewhere it could attach the record to anyone's trace.
+    assert check_trace(raw, allow_ids=False) == Trace(problem=TraceProblem.ID_NOT_ALLOWED)
+    assert check_trace(raw) == Trace(problem=TraceProblem.ID_NOT_ALLOWED)  # the default
+    assert TraceProblem.ID_NOT_ALLOWED.value == "trace_id_not_allowed"
+
+
+@pytest.mark.parametrize("raw", ["9223372036854775808", "9" * 5000, 2**63, "0" * 30 + "7"])
+def test_a_number_beyond_the_portals_ids_is_no_trace_id(raw: object) -> None:
+    # Never a crash either: Python refuses int() of more than 4300 digits.
+    for allow_ids in (True, False):
+        assert check_trace(raw, allow_ids=allow_ids) == Trace(problem=TraceProblem.NOT_OBJECT)
 
 
 def test_an_object_from_a_json_body_is_serialised_compactly() -> None:
