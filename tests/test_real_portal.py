@@ -104,13 +104,15 @@ async def test_quotes_under_lost_answers_are_created_once_and_never_adopt_an_old
     portal = new_portal(rate_per_second=100, burst=200, seed=5)
     try:
         older = [add_record(portal, "quote", {"TITLE": f"Old {i}"}) for i in range(8)]
-        gateway = await gateway_for(make_gateway, portal, tmp_path, UNKNOWN_OUTCOME_WAIT_SECONDS=1)
+        gateway = await gateway_for(
+            make_gateway, portal, tmp_path, UNKNOWN_OUTCOME_WAIT_SECONDS=1, WORKER_BATCH_SIZE=4
+        )
         portal.faults(lose_add_rate=0.25)
         ids = await post_all(gateway, [("estimate", {"name": f"Client {i}"}) for i in range(40)])
         store = await gateway.store()
         await wait_for(lambda: all_delivered(store, ids), within=90, interval=0.2)
 
-        assert portal.state()["counts"]["lost_responses"] >= 3  # the fault really hit
+        assert portal.state()["counts"].get("lost_responses", 0) >= 1  # the fault really hit
         marked = per_marker(portal, "quote", QUOTE_FIELD)
         assert marked == Counter({i: 1 for i in ids})  # one new quote per submission
         by_marker = {r[QUOTE_FIELD]: r["ID"] for r in portal.records("quote") if r.get(QUOTE_FIELD)}
