@@ -282,18 +282,20 @@ async def test_claims_in_flight_at_a_kill_9_come_back_soon_after_the_restart(
     portal = new_portal(rate_per_second=0)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    portal.faults(hang_seconds=30)  # every call runs, then its answer takes 30 s
+    # Every call runs, then its answer takes 30 s; the outage holds the posts back so that one
+    # pass claims them all.
+    portal.faults(hang_seconds=30, outage=True)
     proc = serve(tmp_path, portal, port, "first.log", UNKNOWN_OUTCOME_WAIT_SECONDS="8")
     try:
         wait_up(url)
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            ids = [
-                (await client.post("/forms/contact", data={"phone": f"+1555700{i:04d}"})).json()[
-                    "id"
-                ]
-                for i in range(20)
-            ]
-        await wait_for(lambda: len(portal.records("lead")) == 20, within=15)  # in flight
+            ids = []
+            for i in range(20):
+                response = await client.post("/forms/contact", data={"phone": f"+1555700{i:04d}"})
+                ids.append(response.json()["id"])
+        portal.faults(outage=False)
+        # A batch ran in the portal and its answer is in flight: kill the worker holding it.
+        await wait_for(lambda: len(portal.records("lead")) >= 1, within=15)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         portal.faults(hang_seconds=0)
