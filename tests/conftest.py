@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -76,10 +77,12 @@ def _session_portal() -> Iterator[Portal]:
 
 
 @pytest.fixture
-def portal(_session_portal: Portal) -> Portal:
-    """The shared emulator, reset for this test."""
+def portal(_session_portal: Portal) -> Iterator[Portal]:
+    """The shared emulator, reset for this test; its configuration is restored afterwards."""
+    config = dataclasses.replace(_session_portal.emulator.config)
     _session_portal.reset()
-    return _session_portal
+    yield _session_portal
+    _session_portal.emulator.config = config
 
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")

@@ -203,6 +203,8 @@ referrer = "UF_CRM_REFERRER"
 landing_page = "SOURCE_DESCRIPTION"
 """,
     )
+    # The portal keeps a custom field's value only if it has that field (docs/bitrix24.md §6.1).
+    portal.control("config", {"user_fields": {"lead": ["UF_CRM_GCLID", "UF_CRM_REFERRER"]}})
     gateway = await make_gateway(portal, FORMS_FILE=forms)
     async with gateway.client() as client:
         response = await client.post("/forms/contact", data={"phone": "+1555000111", **ATTRIBUTION})
