@@ -52,14 +52,15 @@ async def test_a_20_s_outage_and_random_5xx_lose_and_double_nothing(
 ) -> None:
     portal = new_portal(rate_per_second=0, seed=11)
     try:
-        portal.faults(outage=True, failure_rate=0.1)
-        gateway = await make_gateway(portal, RETRY_MAX_DELAY_SECONDS=1.0)
+        portal.faults(outage=True, failure_rate=0.2)
+        # Batches of 10: enough requests after the outage for the random 5xx to hit.
+        gateway = await make_gateway(portal, RETRY_MAX_DELAY_SECONDS=1.0, WORKER_BATCH_SIZE=10)
         started = time.monotonic()
         posting = asyncio.create_task(
             post_many(gateway.url, [f"+1555400{i:04d}" for i in range(300)])
         )
         await asyncio.sleep(max(0.0, 20 - (time.monotonic() - started)))
-        portal.faults(outage=False)  # the portal is back; 10% of calls still fail with 5xx
+        portal.faults(outage=False)  # the portal is back; 20% of calls still fail with 5xx
         ids = await posting
         store = await gateway.store()
 
