@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.sandbox.emulator import Emulator, EmulatorConfig
+from app.sandbox.emulator import Emulator, EmulatorConfig, LateRun
 from app.sandbox.errors import wrong_auth
 from app.sandbox.faults import ResponseLost
 from app.sandbox.phpjson import php_json
@@ -24,6 +24,16 @@ from app.sandbox.phpquery import parse_pairs, parse_str
 from app.sandbox.viewer import render_page
 
 _Updater = Callable[[Mapping[str, object]], dict[str, object]]
+# Where the server's own `send` is kept, to reach the connection (see DroppedConnection).
+_RAW_SEND = "sandbox.raw_send"
+
+
+class _EmulatorApp(Starlette):
+    """Starlette that remembers the server's `send` before its middleware wraps it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault(_RAW_SEND, send)
+        await super().__call__(scope, receive, send)
 
 
 def create_emulator_app(
@@ -33,6 +43,11 @@ def create_emulator_app(
     if emulator is not None and config is not None:
         raise ValueError("pass an emulator or a config, not both")
     emu = emulator if emulator is not None else Emulator(config)
+    pending: set[asyncio.Task[None]] = set()  # late runs, referenced until they finish
+
+    async def run_late(late: LateRun) -> None:
+        await asyncio.sleep(late.delay)
+        emu.run_late(late)
 
     async def rest(request: Request) -> Response:
         user_id = request.path_params["user_id"]
@@ -40,11 +55,21 @@ def create_emulator_app(
         method = request.path_params["method"]
         if emu.faults.latency_ms > 0:
             await asyncio.sleep(emu.faults.latency_ms / 1000)
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        path = request.url.path + (f"?{query}" if query else "")
+        location = emu.redirect(method, request.headers.get("host", ""), path)
+        if location is not None:
+            return RedirectResponse(location, status_code=302)
         failure = emu.injected_failure(method)
         if failure is not None:
             return Response(failure.body, failure.status, media_type=failure.content_type)
         params = await read_params(request)
         outcome = emu.http_call(user_id, secret, method, params)
+        if outcome.late is not None:
+            task = asyncio.create_task(run_late(outcome.late))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            return DroppedConnection()
         body = json.dumps(php_json(outcome.body), ensure_ascii=False, separators=(",", ":"))
         content = body.encode()
         if not outcome.executed:
@@ -84,7 +109,7 @@ def create_emulator_app(
             return JSONResponse(emu.config_snapshot())
         return await _apply(request, emu.update_config)
 
-    app = Starlette(
+    app = _EmulatorApp(
         routes=[
             Route("/", viewer, methods=["GET"]),
             Route("/records.json", state, methods=["GET"]),
@@ -147,6 +172,24 @@ class DroppedResponse(Response):
             }
         )
         raise ResponseLost("sandbox fault: answer dropped after the call was committed")
+
+
+class DroppedConnection(Response):
+    """Closes the connection before any answer, not even a status line: the request was cut off
+    on arrival (fault "late"; docs/bitrix24.md §0 fact 15). Under uvicorn the server's own `send`
+    is bound to the request cycle, which holds the transport; elsewhere (in-process ASGI) it
+    raises ResponseLost before the response starts."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cycle = getattr(scope.get(_RAW_SEND), "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if transport is None or not hasattr(transport, "close"):
+            raise ResponseLost("sandbox fault: request cut off before any answer")
+        transport.close()
+        await asyncio.sleep(0)  # the server sees the disconnect and sends nothing
 
 
 async def _apply(request: Request, update: _Updater) -> Response:

@@ -1,18 +1,18 @@
-"""The legacy crm.* methods (bitrix24-api.md §6, §7): `*.add/get/list/fields` for lead, deal,
-contact, company and quote, crm.duplicate.findbycomm and crm.status.list, over the store.
+"""The legacy crm.* methods (docs/bitrix24.md §6, §7): `*.add/update/get/list/fields` for lead,
+deal, contact, company and quote, crm.duplicate.findbycomm and crm.status.list, over the store.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 from app.sandbox.entities import (
     GET_SELECT,
     TRACE_IDS,
+    WRITE_ONLY,
     EntityType,
-    Field,
     Record,
     directory_rows,
     read_record,
@@ -27,9 +27,10 @@ from app.sandbox.listing import (
     select_rows,
     sort_records,
 )
-from app.sandbox.params import Params, as_array, as_int, as_list, param
+from app.sandbox.params import Params, as_array, as_int, as_list, is_truthy, param
 from app.sandbox.store import Store
-from app.sandbox.tracking import attach_on_add
+from app.sandbox.tracking import attach_on_add, attach_on_update
+from app.sandbox.userfields import UserField
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _EMAIL_CAPTIONS = {
@@ -41,6 +42,17 @@ _EMAIL_CAPTIONS = {
 _DEFAULT_VALUE_TYPE = {"PHONE": "WORK", "EMAIL": "WORK", "WEB": "WORK", "IM": "OTHER"}
 _DUPLICATE_TYPES = ("LEAD", "CONTACT", "COMPANY")
 _MAX_COMMUNICATION_VALUES = 20
+# crm.<entity>.update of a missing id (docs/bitrix24.md §6.1; server: crm/classes/general/
+# restservice.php CCrm<Entity>RestProxy::innerUpdate; docs: crm-quote-update.md). The lead docs
+# say "Not found"; the server source says "Lead is not found".
+_UPDATE_NOT_FOUND = {
+    "lead": "Lead is not found",
+    "deal": "Not found",
+    "contact": "Contact is not found",
+    "company": "Company is not found",
+    "quote": "Quote is not found",
+}
+ACCESS_DENIED = "Access denied."
 
 
 def iso(timestamp: float) -> str:
@@ -55,10 +67,12 @@ def add(
     user_id: int,
     now: float,
     required: Sequence[str] = (),
+    user_fields: Collection[str] = (),
 ) -> int:
-    """crm.*.add: validates, stores the fields as given, returns the new id as an integer (§6.1).
+    """crm.*.add: validates, stores the known fields, returns the new id as an integer (§6.1).
 
     `required`: fields an admin made required; all missing ones are named in one message.
+    `user_fields`: the portal's custom fields; other UF_ codes are unknown like any other.
     """
     fields = as_array(param(params, "fields"))
     if fields is None:
@@ -81,11 +95,7 @@ def add(
 
     entity_id = store.allocate_id(entity.name)
     record: Record = {"ID": entity_id}
-    for code, value in fields.items():
-        spec = entity.fields.get(code)
-        if code in multifields or (spec is not None and spec.read_only) or code == TRACE_IDS:
-            continue  # server-managed; unknown codes are kept (harmless, visible in the state)
-        record[code] = value
+    record.update(_writable(entity, fields, multifields, user_fields))
     for code, values in multifields.items():
         if values:
             record[code] = [
@@ -99,47 +109,127 @@ def add(
             ]
     _fill_server_fields(entity, record, user_id=user_id, created_at=iso(now))
     store.records[entity.name][entity_id] = record
-    # Tracking\Entity::onRestAfterAdd also covers quotes in the server source we read (§8.2 SRC).
+    # Every REST add of the five types gets a trace, quotes included (docs/bitrix24.md §8.2;
+    # server: crm/lib/tracking/entity.php Entity::onRestAfterAdd, $allowedTypes has Quote).
     attach_on_add(store, entity, record, created_at=iso(now))
     return entity_id
 
 
-def get(store: Store, entity: EntityType, params: Params) -> Record:
+def update(
+    store: Store,
+    entity: EntityType,
+    params: Params,
+    *,
+    user_id: int,
+    now: float,
+    user_fields: Collection[str] = (),
+    can_edit: Callable[[str, int], bool] = lambda _owner, _id: True,
+) -> bool:
+    """crm.*.update `{"id": N, "fields": {...}}` → `true` (docs/bitrix24.md §6.1; server:
+    CCrmRestProxyBase::update, CCrm<Entity>RestProxy::innerUpdate).
+
+    Unknown and read-only fields are ignored as on add (internalizeFields). A record the webhook
+    user may not edit answers "Access denied."; the deal checks existence first, the others
+    their permission first. Only a numeric TRACE links the record to a trace: update has none of
+    the add's automatic trace nor the deal's CONTACT_ID/COMPANY_ID links (§0 fact 17; server:
+    crm/lib/tracking/entity.php Entity::onRestAfterUpdate).
+    """
+    entity_id = as_int(param(params, "id"))
+    if entity_id is None or entity_id <= 0:
+        raise crm_error("ID is not defined or invalid.")
+    fields = as_array(param(params, "fields"))
+    if fields is None:
+        raise crm_error("Parameter 'fields' must be array.")
+    record = store.records[entity.name].get(entity_id)
+    if entity.name == "deal" and record is None:
+        raise crm_error(_UPDATE_NOT_FOUND["deal"])
+    if not can_edit(entity.owner, entity_id):
+        raise crm_error(ACCESS_DENIED)
+    if record is None:
+        raise crm_error(_UPDATE_NOT_FOUND[entity.name])
+    if entity.title_caption is not None and "TITLE" in fields and _blank(fields.get("TITLE")):
+        raise crm_error(f'The field "{entity.title_caption}" is required.<br />')
+    multifields = {
+        code: _multifield_updates(code, fields[code])
+        for code in entity.multifields
+        if code in fields
+    }
+    if entity.checks_email:
+        for _, value_type, value, deleted in multifields.get("EMAIL", []):
+            if not deleted and not _EMAIL.fullmatch(str(value).strip()):
+                caption = _EMAIL_CAPTIONS.get(value_type, "E-mail")
+                raise core_error(f'The field "{caption}" contains an invalid address')
+    record.update(_writable(entity, fields, multifields, user_fields))
+    for code, changes in multifields.items():
+        _apply_multifield_updates(store, record, code, changes)
+    record["MODIFY_BY_ID"] = user_id
+    record["DATE_MODIFY"] = iso(now)
+    if "HAS_PHONE" in entity.fields:
+        record["HAS_PHONE"] = "Y" if record.get("PHONE") else "N"
+        record["HAS_EMAIL"] = "Y" if record.get("EMAIL") else "N"
+    attach_on_update(store, entity, record, fields)
+    return True
+
+
+def _writable(
+    entity: EntityType,
+    fields: Mapping[str, object],
+    multifields: Collection[str],
+    user_fields: Collection[str],
+) -> Record:
+    """The fields a REST add/update writes: catalogue fields that are not read-only, the portal's
+    custom fields and TRACE. Unknown codes (a UF_ field the portal lacks included) are dropped,
+    not stored (docs/bitrix24.md §6.1; server: CCrmRestProxyBase::internalizeFields, no field info
+    -> unset($fields[$k]))."""
+    out: Record = {}
+    for code, value in fields.items():
+        spec = entity.fields.get(code)
+        if code in multifields:
+            continue  # handled separately
+        if (spec is not None and not spec.read_only) or code in user_fields or code in WRITE_ONLY:
+            out[code] = value
+    return out
+
+
+def get(
+    store: Store, entity: EntityType, params: Params, user_fields: Collection[str] = ()
+) -> Record:
     entity_id = as_int(param(params, "id"))
     if entity_id is None or entity_id <= 0:
         raise crm_error("ID is not defined or invalid.")
     record = store.records[entity.name].get(entity_id)
     if record is None:
         raise crm_error("Not found")
-    return read_record(entity, record, GET_SELECT)
+    return read_record(entity, record, GET_SELECT, user_fields)
 
 
-def list_records(store: Store, entity: EntityType, params: Params) -> Page:
-    conditions = parse_filter(param(params, "filter"))
+def list_records(
+    store: Store, entity: EntityType, params: Params, user_fields: Collection[str] = ()
+) -> Page:
+    """crm.*.list: filter keys naming no field of the entity are dropped (§0 fact 13, §7.1)."""
+    known = {code: spec.type for code, spec in entity.fields.items()}
+    known.update(dict.fromkeys(user_fields, "string"))
+    conditions = parse_filter(param(params, "filter"), known)
     select = parse_select(param(params, "select"))
     matches = select_rows(list(store.records[entity.name].values()), conditions)
     ordered = sort_records(matches, param(params, "order"))
     page = paginate(ordered, parse_start(param(params, "start")))
-    rows = [read_record(entity, record, select) for record in page.rows]
+    rows = [read_record(entity, record, select, user_fields) for record in page.rows]
     return Page(rows, total=page.total, next=page.next)
 
 
 def describe_fields(
-    entity: EntityType, *, user_fields: Sequence[str] = (), required: Sequence[str] = ()
+    entity: EntityType, *, user_fields: Sequence[UserField] = (), required: Sequence[str] = ()
 ) -> dict[str, object]:
     """crm.*.fields: the catalogue, the portal's custom fields, admin-required flags (§6.1)."""
-    specs = dict(entity.fields)
-    for code in user_fields:
-        specs.setdefault(code, Field("string", code))
     out: dict[str, object] = {}
-    for code, spec in specs.items():
+    for code, spec in entity.fields.items():
         described = spec.describe()
         if code in required:
             described["isRequired"] = True
-        if code.startswith("UF_"):
-            # Custom fields are dynamic and carry their labels (the code stands in for them).
-            described.update(isDynamic=True, listLabel=code, formLabel=code, filterLabel=code)
         out[code] = described
+    for field in user_fields:
+        out.setdefault(field.field_name, field.describe(required=field.field_name in required))
     return out
 
 
@@ -223,6 +313,9 @@ def _fill_server_fields(
             record[code] = value
     if entity.auto_title is not None and _blank(record.get("TITLE")):
         record["TITLE"] = entity.auto_title.format(id=entity_id)
+    if entity.name == "quote":
+        # The default numbering is the id (docs: api-reference/crm/quote/crm-quote-get.md).
+        record["QUOTE_NUMBER"] = str(entity_id)
     if entity.name == "deal" and _blank(record.get("STAGE_ID")):
         category = as_int(record.get("CATEGORY_ID")) or 0
         record["STAGE_ID"] = f"C{category}:NEW" if category > 0 else "NEW"
@@ -259,6 +352,53 @@ def _multifield_values(code: str, raw: object) -> list[tuple[str, object]]:
             value_type = _DEFAULT_VALUE_TYPE[code]
         values.append((str(value_type), value))
     return values
+
+
+def _multifield_updates(code: str, raw: object) -> list[tuple[int | None, str, object, bool]]:
+    """Update items (docs/bitrix24.md §6.3): `(ID or None, VALUE_TYPE, VALUE, delete)`; an item
+    with an ID changes or (`"DELETE": "Y"`) removes that value, one without an ID adds one."""
+    changes: list[tuple[int | None, str, object, bool]] = []
+    for item in as_list(raw) or []:
+        entry = as_array(item)
+        if entry is None:
+            continue
+        value_id = as_int(entry.get("ID"))
+        deleted = is_truthy(entry.get("DELETE"))
+        value = entry.get("VALUE")
+        if not deleted and (_blank(value) or isinstance(value, dict | list)):
+            continue
+        value_type = entry.get("VALUE_TYPE")
+        if _blank(value_type):
+            value_type = _DEFAULT_VALUE_TYPE[code]
+        changes.append((value_id, str(value_type), value, deleted))
+    return changes
+
+
+def _apply_multifield_updates(
+    store: Store, record: Record, code: str, changes: list[tuple[int | None, str, object, bool]]
+) -> None:
+    current = record.get(code)
+    items = [dict(i) for i in current if isinstance(i, dict)] if isinstance(current, list) else []
+    for value_id, value_type, value, deleted in changes:
+        existing = next((i for i in items if value_id is not None and i["ID"] == value_id), None)
+        if existing is not None:
+            if deleted:
+                items.remove(existing)
+            else:
+                existing.update(VALUE_TYPE=value_type, VALUE=value)
+        elif not deleted:
+            items.append(
+                {
+                    "ID": store.allocate_multifield_id(),
+                    "VALUE_TYPE": value_type,
+                    "VALUE": value,
+                    "TYPE_ID": code,
+                }
+            )
+    if items:
+        record[code] = items
+    else:
+        record.pop(code, None)
 
 
 def _communications(kind: str, record: Record) -> set[str]:

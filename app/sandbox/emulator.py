@@ -1,6 +1,6 @@
 """The Bitrix24 emulator without HTTP: configuration, state, and the dispatcher that checks
 credentials, scopes, the leaky bucket and the operating budget before running a method
-(bitrix24-api.md §1, §2, §4, §11.1). It keeps a request log for tests.
+(docs/bitrix24.md §1, §2, §4, §11.1). It keeps a request log for tests.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
-from app.sandbox import crm, tracking
+from app.sandbox import crm, tracking, userfields
 from app.sandbox.batch import commands_of, normalise_method, run_batch, split_command
-from app.sandbox.entities import ENTITY_TYPES, EntityType
+from app.sandbox.entities import BY_OWNER, ENTITY_TYPES, EntityType
 from app.sandbox.errors import (
     RestError,
     insufficient_scope,
@@ -25,11 +25,12 @@ from app.sandbox.errors import (
     operation_time_limit,
     query_limit_exceeded,
 )
-from app.sandbox.faults import FaultAnswer, Faults
+from app.sandbox.faults import SQL_ERROR_BODY, SQL_ERROR_STATUS, FaultAnswer, Faults
 from app.sandbox.limits import LeakyBucket, OperationMeter
 from app.sandbox.listing import Page
 from app.sandbox.params import Params
 from app.sandbox.store import Store
+from app.sandbox.userfields import UserField
 
 REQUEST_LOG_SIZE = 10_000
 Handler = Callable[[Params], object]
@@ -50,6 +51,10 @@ class EmulatorConfig:
     user_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Entity -> fields an admin made required: an add without them is refused (§6.1).
     required_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Entity -> ids of records the webhook user may read but not edit: crm.<entity>.update answers
+    # "Access denied." and crm.tracking.trace.add refuses to link them (docs/bitrix24.md §6.1,
+    # §8.3; server: CCrm<Entity>RestProxy::innerUpdate, crm/lib/tracking/rest.php).
+    readonly_records: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,18 @@ class CallOutcome:
     status: int
     body: dict[str, object]
     executed: bool
+    late: LateRun | None = None  # cut off on arrival: the app drops the connection, runs it later
+
+
+@dataclass(frozen=True)
+class LateRun:
+    """A request admitted and cut off on arrival, to run `delay` seconds later (fault "late")."""
+
+    method: str
+    params: Params
+    delay: float
+    entry: dict[str, object]  # its request-log entry, completed when it runs
+    generation: int  # a reset in between forgets it
 
 
 @dataclass
@@ -99,6 +116,7 @@ class Emulator:
         self.store = Store()
         self.faults = Faults()
         self._rng = random.Random(self.config.seed)  # noqa: S311 - fault injection, not security
+        self._generation = 0
         self._methods = self._method_table()
 
     # --- the REST surface ----------------------------------------------------------------------
@@ -114,11 +132,19 @@ class Emulator:
             return status, body
 
     def http_call(self, user_id: str, secret: str, method: str, params: Params) -> CallOutcome:
-        """One HTTP request to `/rest/{user_id}/{secret}/{method}`: credentials, bucket, method."""
+        """One HTTP request to `/rest/{user_id}/{secret}/{method}`: credentials, bucket, method.
+
+        An admitted request that would run an add may be cut off instead (faults `late_*`): it
+        is logged with fault "late" and comes back as `CallOutcome.late`, for `run_late`.
+        """
         with self._lock:
             name = normalise_method(method)
             counts = self._activity.counts
             counts["requests"] += 1
+            commands: list[str] = []
+            if name == "batch":
+                counts["batch"] += 1
+                commands = [split_command(command)[0] for _, command in commands_of(params)]
             executed = False
             if not self._authorised(user_id, secret):
                 counts["rejected_auth"] += 1
@@ -126,16 +152,30 @@ class Emulator:
             elif not self._bucket.admit(rate=self.config.rate_per_second, burst=self.config.burst):
                 counts["rejected_rate_limit"] += 1
                 status, body = _error(query_limit_exceeded())
+            elif _adds(name, commands) and self.faults.take_late(self._rng):
+                counts["fault_late"] += 1
+                entry = self._log(name, None, commands=commands, fault="late")
+                late = LateRun(name, params, self.faults.late_seconds, entry, self._generation)
+                return CallOutcome(0, {}, False, late)
             else:
                 status, body, executed = self._dispatch(name, params)
-            commands: list[str] = []
-            if name == "batch":
-                counts["batch"] += 1
-                commands = [split_command(command)[0] for _, command in commands_of(params)]
             if status != 200:
                 counts["errors"] += 1
             self._log(name, status, error=body.get("error"), commands=commands)
             return CallOutcome(status, body, executed)
+
+    def run_late(self, late: LateRun) -> None:
+        """Run a request cut off on arrival, as PHP runs on after the client went away (§0 fact
+        15): no limit applies again (it was admitted on arrival); its log entry gets the outcome.
+        Nothing happens if the emulator was reset in between."""
+        with self._lock:
+            if late.generation != self._generation:
+                return
+            status, body, _ = self._dispatch(late.method, late.params)
+            self._activity.counts["late_completions"] += 1
+            if status != 200:
+                self._activity.counts["errors"] += 1
+            late.entry.update(status=status, error=body.get("error"), completed_at=self._wall())
 
     # --- fault injection -----------------------------------------------------------------------
 
@@ -148,6 +188,17 @@ class Emulator:
                 self._activity.counts[f"fault_{answer.kind}"] += 1
                 self._log(normalise_method(method), answer.status, fault=answer.kind)
             return answer
+
+    def redirect(self, method: str, host: str, path: str) -> str | None:
+        """The Location of a renamed portal's 302 for this request (fault `moved_to`), logged;
+        None to proceed (docs/bitrix24.md §0 fact 18, §1.4)."""
+        with self._lock:
+            location = self.faults.redirect(host, path)
+            if location is not None:
+                self._activity.counts["requests"] += 1
+                self._activity.counts["fault_moved"] += 1
+                self._log(normalise_method(method), 302, fault="moved")
+            return location
 
     def take_lost_response(self) -> bool:
         """True when this executed call's answer must be lost: one of `lose_responses`, or by
@@ -185,6 +236,7 @@ class Emulator:
         with self._lock:
             self.store = Store()
             self.faults = Faults()
+            self._generation += 1  # cut-off requests still pending never run
             self._activity = _Activity()
             self._bucket.empty()
             self._meter.clear()
@@ -203,13 +255,13 @@ class Emulator:
         with self._lock:
             out = asdict(self.config)
             out["scopes"] = list(self.config.scopes)
-            for key in ("user_fields", "required_fields"):
+            for key in ("user_fields", "required_fields", "readonly_records"):
                 out[key] = {k: list(v) for k, v in getattr(self.config, key).items()}
             return out
 
     def update_config(self, changes: Mapping[str, object]) -> dict[str, object]:
-        """Change rate_per_second, burst, secret, scopes, the operating limits, user_fields or
-        required_fields at run time (a given key replaces its whole value)."""
+        """Change rate_per_second, burst, secret, scopes, the operating limits, user_fields,
+        required_fields or readonly_records at run time (a given key replaces its whole value)."""
         with self._lock:
             validated = _config_changes(changes)
             config = replace(self.config)  # never mutate the object the caller passed in
@@ -240,12 +292,20 @@ class Emulator:
             self._activity.counts["fault_method"] += 1
             return (*injected, False)
         self._activity.counts["calls"] += 1
+        sql_error = _writes(method) and self.faults.take_sql_error(self._rng)
+        if sql_error:
+            self._activity.counts["fault_sql"] += 1
+            if not self.faults.sql_error_commits:
+                return SQL_ERROR_STATUS, dict(SQL_ERROR_BODY), False
         started = time.perf_counter()
         try:
             result = spec.handler(params)
         except RestError as exc:
             status, body = _error(exc)
         else:
+            if sql_error:
+                # Written, then reported as failed: the client cannot know (§0 fact 18).
+                return SQL_ERROR_STATUS, dict(SQL_ERROR_BODY), True
             status, body = 200, {}
             if isinstance(result, Page):
                 body["result"] = result.rows
@@ -279,22 +339,22 @@ class Emulator:
     def _log(
         self,
         method: str,
-        status: int,
+        status: int | None,
         *,
         error: object = None,
         commands: list[str] | None = None,
         fault: str | None = None,
-    ) -> None:
-        self._activity.requests.append(
-            {
-                "method": method,
-                "status": status,
-                "error": error,
-                "commands": commands or [],
-                "fault": fault,
-                "at": self._wall(),
-            }
-        )
+    ) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "method": method,
+            "status": status,
+            "error": error,
+            "commands": commands or [],
+            "fault": fault,
+            "at": self._wall(),
+        }
+        self._activity.requests.append(entry)
+        return entry
 
     def _method_table(self) -> dict[str, _Method]:
         table: dict[str, _Method] = {
@@ -304,7 +364,10 @@ class Emulator:
             "crm.duplicate.findbycomm": _Method("crm", lambda p: crm.find_by_comm(self.store, p)),
             "crm.status.list": _Method("crm", crm.status_list),
             "crm.tracking.trace.add": _Method(
-                "crm", lambda p: tracking.trace_add(self.store, p, created_at=crm.iso(self._wall()))
+                "crm",
+                lambda p: tracking.trace_add(
+                    self.store, p, created_at=crm.iso(self._wall()), can_edit=self._can_edit
+                ),
             ),
             "crm.tracking.trace.delete": _Method(
                 "crm", lambda p: tracking.trace_delete(self.store, p)
@@ -313,9 +376,14 @@ class Emulator:
         for entity in ENTITY_TYPES.values():
             prefix = f"crm.{entity.name}."
             table[prefix + "add"] = _Method("crm", partial(self._add, entity))
+            table[prefix + "update"] = _Method("crm", partial(self._update, entity))
             table[prefix + "get"] = _Method("crm", partial(self._get, entity))
             table[prefix + "list"] = _Method("crm", partial(self._list, entity))
             table[prefix + "fields"] = _Method("crm", partial(self._fields, entity))
+            table[prefix + "userfield.add"] = _Method("crm", partial(self._add_user_field, entity))
+            table[prefix + "userfield.list"] = _Method(
+                "crm", partial(self._list_user_fields, entity)
+            )
         return table
 
     def _add(self, entity: EntityType, params: Params) -> object:
@@ -326,20 +394,77 @@ class Emulator:
             user_id=self.config.user_id,
             now=self._wall(),
             required=self.config.required_fields.get(entity.name, ()),
+            user_fields=self._user_field_names(entity),
+        )
+
+    def _update(self, entity: EntityType, params: Params) -> object:
+        return crm.update(
+            self.store,
+            entity,
+            params,
+            user_id=self.config.user_id,
+            now=self._wall(),
+            user_fields=self._user_field_names(entity),
+            can_edit=self._can_edit,
         )
 
     def _get(self, entity: EntityType, params: Params) -> object:
-        return crm.get(self.store, entity, params)
+        return crm.get(self.store, entity, params, self._user_field_names(entity))
 
     def _list(self, entity: EntityType, params: Params) -> object:
-        return crm.list_records(self.store, entity, params)
+        return crm.list_records(self.store, entity, params, self._user_field_names(entity))
 
     def _fields(self, entity: EntityType, params: Params) -> object:
         return crm.describe_fields(
             entity,
-            user_fields=self.config.user_fields.get(entity.name, ()),
+            user_fields=self._user_fields(entity),
             required=self.config.required_fields.get(entity.name, ()),
         )
+
+    def _add_user_field(self, entity: EntityType, params: Params) -> object:
+        """crm.<entity>.userfield.add: the new field's id (docs: api-reference/crm/quote/
+        user-field/crm-quote-user-field-add.md). It needs CRM admin rights, which the webhook
+        user has here (`profile` says ADMIN)."""
+        existing = self._user_fields(entity)
+        field = userfields.add(entity, params, existing, new_id=self.store.allocate_user_field_id())
+        self.store.user_fields.append(field)
+        return field.id
+
+    def _list_user_fields(self, entity: EntityType, params: Params) -> object:
+        return userfields.list_fields(self._user_fields(entity), params)
+
+    def _user_fields(self, entity: EntityType) -> list[UserField]:
+        """The entity's custom fields: those of the configuration (kept in step with it, so they
+        get ids too), then those made at run time."""
+        configured = self.config.user_fields.get(entity.name, ())
+        fields = self.store.user_fields
+        fields[:] = [
+            f
+            for f in fields
+            if f.origin != "config" or f.entity != entity.name or f.field_name in configured
+        ]
+        present = {f.field_name for f in fields if f.entity == entity.name}
+        for name in configured:
+            if name not in present:
+                fields.append(
+                    UserField(
+                        id=self.store.allocate_user_field_id(),
+                        entity=entity.name,
+                        entity_id=entity.uf_entity_id,
+                        field_name=name,
+                        origin="config",
+                    )
+                )
+        return [f for f in fields if f.entity == entity.name]
+
+    def _user_field_names(self, entity: EntityType) -> set[str]:
+        return {f.field_name for f in self._user_fields(entity)}
+
+    def _can_edit(self, owner: str, entity_id: int) -> bool:
+        entity = BY_OWNER.get(owner)
+        if entity is None:
+            return False
+        return entity_id not in self.config.readonly_records.get(entity.name, ())
 
     def _batch(self, params: Params) -> object:
         def execute(method: str, command_params: Params) -> tuple[int, dict[str, object]]:
@@ -364,6 +489,7 @@ def _config_changes(changes: Mapping[str, object]) -> dict[str, object]:
         "operation_cost_seconds",
         "user_fields",
         "required_fields",
+        "readonly_records",
     }
     unknown = set(changes) - allowed
     if unknown:
@@ -380,6 +506,8 @@ def _config_changes(changes: Mapping[str, object]) -> dict[str, object]:
             out[key] = tuple(value)
         elif key in ("user_fields", "required_fields"):
             out[key] = _fields_by_entity(key, value)
+        elif key == "readonly_records":
+            out[key] = _ids_by_entity(key, value)
         elif key == "burst":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError("burst must be a non-negative integer")
@@ -407,3 +535,30 @@ def _fields_by_entity(key: str, value: object) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"{key}.{entity}: custom field codes start with UF_CRM_")
         out[entity] = tuple(codes)
     return out
+
+
+def _ids_by_entity(key: str, value: object) -> dict[str, tuple[int, ...]]:
+    """`{"contact": [3, 7], ...}`: known entity names, lists of positive record ids."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be an object: entity -> list of record ids")
+    out: dict[str, tuple[int, ...]] = {}
+    for entity, ids in value.items():
+        if entity not in ENTITY_TYPES:
+            raise ValueError(f"{key}: unknown entity {entity!r}")
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids
+        ):
+            raise ValueError(f"{key}.{entity} must be a list of positive record ids")
+        out[entity] = tuple(ids)
+    return out
+
+
+def _adds(method: str, commands: list[str]) -> bool:
+    """Whether the request runs an add, itself or as a batch command."""
+    return any(name.endswith(".add") for name in (method, *commands))
+
+
+def _writes(method: str) -> bool:
+    """crm.*.add and crm.*.update (and crm.tracking.trace.add, crm.*.userfield.add): the commands
+    a failing SQL query can break."""
+    return method.startswith("crm.") and method.rsplit(".", 1)[-1] in ("add", "update")

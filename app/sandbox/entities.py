@@ -1,11 +1,11 @@
 """The CRM entity types the emulator knows (lead, deal, contact, company, quote): their fields as
 crm.*.fields reports them, the stock directories of crm.status.list, and how a stored record reads
-back through legacy get/list, numbers as strings (bitrix24-api.md §2.2, §6). Pure.
+back through legacy get/list, numbers as strings (docs/bitrix24.md §2.2, §6). Pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 Record = dict[str, object]
@@ -14,6 +14,10 @@ MULTIFIELDS = ("PHONE", "EMAIL", "WEB", "IM")
 UTM_FIELDS = ("UTM_SOURCE", "UTM_MEDIUM", "UTM_CAMPAIGN", "UTM_CONTENT", "UTM_TERM")
 # Emulator-only: the ids of the traces linked to a record. Readable only when named in `select`.
 TRACE_IDS = "TRACE_IDS"
+# Accepted by add/update but never listed by crm.*.fields nor read back: the Sales Intelligence
+# trace (docs/bitrix24.md §8.2; server: crm/lib/tracking/entity.php Entity::onRestAfterAdd reads
+# $fields['TRACE'] after CCrmRestProxyBase::internalizeFields kept it).
+WRITE_ONLY = ("TRACE",)
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Field:
     read_only: bool = False
     multiple: bool = False
     status_type: str | None = None
+    deprecated: bool = False
 
     def describe(self) -> dict[str, object]:
         """One entry of crm.*.fields."""
@@ -38,6 +43,8 @@ class Field:
         }
         if self.status_type is not None:
             out["statusType"] = self.status_type
+        if self.deprecated:
+            out["isDeprecated"] = True
         return out
 
     @property
@@ -60,6 +67,11 @@ class EntityType:
     def multifields(self) -> tuple[str, ...]:
         return tuple(code for code in MULTIFIELDS if code in self.fields)
 
+    @property
+    def uf_entity_id(self) -> str:
+        """The user-field entity of the type ("CRM_QUOTE"), as CCrmQuote::$sUFEntityID names it."""
+        return f"CRM_{self.owner}"
+
 
 def _fields(*groups: Iterable[tuple[str, Field]]) -> dict[str, Field]:
     return {code: spec for group in groups for code, spec in group}
@@ -67,6 +79,7 @@ def _fields(*groups: Iterable[tuple[str, Field]]) -> dict[str, Field]:
 
 _STRING = "string"
 _ID = [("ID", Field("integer", "ID", read_only=True))]
+_UTM = [(code, Field(_STRING, code.replace("_", " ").title())) for code in UTM_FIELDS]
 _TAIL = [
     ("ASSIGNED_BY_ID", Field("user", "Responsible person")),
     ("CREATED_BY_ID", Field("user", "Created by", read_only=True)),
@@ -77,7 +90,7 @@ _TAIL = [
     ("COMMENTS", Field(_STRING, "Comment")),
     ("ORIGINATOR_ID", Field(_STRING, "External source")),
     ("ORIGIN_ID", Field(_STRING, "Item ID in data source")),
-    *((code, Field(_STRING, code.replace("_", " ").title())) for code in UTM_FIELDS),
+    *_UTM,
 ]
 _MULTI = [
     (code, Field("crm_multifield", title, multiple=True))
@@ -219,28 +232,58 @@ COMPANY = EntityType(
     defaults={"OPENED": "Y", "IS_MY_COMPANY": "N"},
 )
 
+# The estimate's own field set (docs/bitrix24.md §0 fact 14, §6.5; docs:
+# api-reference/crm/quote/crm-quote-fields.md): no ORIGINATOR_ID / ORIGIN_ID and no PHONE / EMAIL
+# multifields, so those keys are ignored on add and dropped from filters; QUOTE_NUMBER read-only.
 QUOTE = EntityType(
     name="quote",
     owner="QUOTE",
     fields=_fields(
         _ID,
         [
-            ("TITLE", Field(_STRING, "Name", required=True)),
-            ("QUOTE_NUMBER", Field(_STRING, "Estimate #", read_only=True)),
-            ("STATUS_ID", Field("crm_status", "Status", status_type="QUOTE_STATUS")),
-        ],
-        _MONEY,
-        _COMPANY,
-        _CONTACTS,
-        [
-            ("MYCOMPANY_ID", Field("crm_company", "Your company details")),
-            ("DEAL_ID", Field("crm_deal", "Deal")),
+            ("QUOTE_NUMBER", Field(_STRING, "Estimate Number", read_only=True)),
+            ("TITLE", Field(_STRING, "Subject", required=True)),
+            ("STATUS_ID", Field("crm_status", "Estimate Stage", status_type="QUOTE_STATUS")),
+            ("CURRENCY_ID", Field("crm_currency", "Currency")),
+            ("OPPORTUNITY", Field("double", "Amount")),
+            ("TAX_VALUE", Field("double", "Tax Rate")),
+            ("COMPANY_ID", Field("crm_company", "Company")),
+            ("MYCOMPANY_ID", Field("crm_company", "Your Company Details")),
+            ("CONTACT_ID", Field("crm_contact", "Contact", deprecated=True)),
+            ("CONTACT_IDS", Field("crm_contact", "CONTACT_IDS", multiple=True)),
+            ("BEGINDATE", Field("date", "Issue Date")),
+            ("CLOSEDATE", Field("date", "Deadline")),
+            ("ACTUAL_DATE", Field("date", "ACTUAL_DATE")),
+            ("OPENED", Field("char", "Available to Everyone")),
+            ("CLOSED", Field("char", "Closed")),
+            ("COMMENTS", Field(_STRING, "Comment")),
+            ("CONTENT", Field(_STRING, "Content")),
+            ("TERMS", Field(_STRING, "Terms")),
+            ("CLIENT_TITLE", Field(_STRING, "Client")),
+            ("CLIENT_ADDR", Field(_STRING, "Address")),
+            ("CLIENT_CONTACT", Field(_STRING, "Contact Person")),
+            ("CLIENT_EMAIL", Field(_STRING, "E-mail")),
+            ("CLIENT_PHONE", Field(_STRING, "Phone")),
+            ("CLIENT_TP_ID", Field(_STRING, "Tax ID")),
+            ("CLIENT_TPA_ID", Field(_STRING, "KPP")),
+            ("ASSIGNED_BY_ID", Field("user", "Responsible")),
+            ("CREATED_BY_ID", Field("user", "Created By", read_only=True)),
+            ("MODIFY_BY_ID", Field("user", "Modified By", read_only=True)),
+            ("DATE_CREATE", Field("datetime", "Creation Date", read_only=True)),
+            ("DATE_MODIFY", Field("datetime", "Modification Date", read_only=True)),
             ("LEAD_ID", Field("crm_lead", "Lead")),
+            ("DEAL_ID", Field("crm_deal", "Deal")),
+            ("PERSON_TYPE_ID", Field("integer", "Client Type")),
+            ("LOCATION_ID", Field("location", "Location")),
         ],
-        _DATES,
-        _TAIL,
+        _UTM,
+        [
+            ("LAST_ACTIVITY_TIME", Field("datetime", "LAST_ACTIVITY_TIME", read_only=True)),
+            ("LAST_ACTIVITY_BY", Field("user", "LAST_ACTIVITY_BY", read_only=True)),
+            ("LAST_COMMUNICATION_TIME", Field(_STRING, "LAST_COMMUNICATION_TIME", read_only=True)),
+        ],
     ),
-    title_caption="Name",
+    title_caption="Subject",
     defaults={"STATUS_ID": "DRAFT", "OPENED": "Y", "CLOSED": "N"},
 )
 
@@ -328,20 +371,26 @@ def directory_rows() -> list[Record]:
 GET_SELECT = ("*", "UF_*", *MULTIFIELDS)
 
 
-def read_record(entity: EntityType, record: Record, select: Sequence[str]) -> Record:
+def read_record(
+    entity: EntityType,
+    record: Record,
+    select: Sequence[str],
+    user_fields: Collection[str] = (),
+) -> Record:
     """The record as legacy get/list return it: `ID` first, values as strings, missing as null.
 
-    `select` entries: `*` (plain catalogue fields), `UF_*` (custom fields), a field code, or
-    `TRACE_IDS`. Codes that are neither catalogue nor `UF_` fields are left out, as the portal
-    ignores unknown fields (§6.1); they stay visible in the control state.
+    `select` entries: `*` (plain catalogue fields), `UF_*` (the portal's custom fields), a field
+    code, or `TRACE_IDS`. Codes that are neither catalogue fields nor custom fields the portal has
+    (`user_fields`) are left out: the select goes through CSqlUtil::PrepareSql, which skips names
+    missing from its field map (docs/bitrix24.md §0 fact 13, §6.1).
     """
     names: dict[str, None] = {"ID": None}
     for item in select:
         if item == "*":
             names.update((code, None) for code, spec in entity.fields.items() if spec.plain)
         elif item == "UF_*":
-            names.update((code, None) for code in record if code.startswith("UF_"))
-        elif item in entity.fields or item.startswith("UF_") or item == TRACE_IDS:
+            names.update((code, None) for code in user_fields)
+        elif item in entity.fields or item in user_fields or item == TRACE_IDS:
             names[item] = None
     out: Record = {}
     for name in names:

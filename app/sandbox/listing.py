@@ -1,11 +1,12 @@
-"""Legacy list semantics (bitrix24-api.md §2.2, §7.1): filter keys with operator prefixes, `order`,
-and fixed pages of 50 with `total`/`next`, where `start=-1` skips the count. Pure functions.
+"""Legacy list semantics (docs/bitrix24.md §2.2, §7.1): filter keys with operator prefixes (keys
+naming no field of the entity dropped, §0 fact 13), `order`, and fixed pages of 50 with
+`total`/`next`, where `start=-1` skips the count. Pure functions.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.sandbox.entities import Record
@@ -54,7 +55,17 @@ class Condition:
         return any(_compare(s, self.value, op) for s in stored)
 
 
-def parse_filter(raw: object) -> list[Condition]:
+# Reference types the server never filters by LIKE: `%X`, `%=X`, `=%X` become `=X`
+# (docs/bitrix24.md §7.1; server: CCrmRestProxyBase::internalizeFilterFields).
+_NO_LIKE_TYPES = ("crm_status", "crm_company", "crm_contact")
+
+
+def parse_filter(raw: object, fields: Mapping[str, str] | None = None) -> list[Condition]:
+    """The conditions of a `filter`; with `fields` (code -> type: the entity's catalogue, its
+    multifields and the portal's custom fields) a key whose name after the operator prefix is not
+    a field is dropped silently, so the list matches every row (docs/bitrix24.md §0 fact 13;
+    server: CCrmRestProxyBase::internalizeFilterFields, CSqlUtil::GetFilterOperation: unknown
+    field -> unset($filter[$k])). Without `fields` every key is kept (crm.status.list)."""
     if raw is None or raw == "":
         return []
     array = as_array(raw)
@@ -64,8 +75,15 @@ def parse_filter(raw: object) -> list[Condition]:
     for key, value in array.items():
         operator = next((op for op in _OPERATORS if key.startswith(op)), "")
         name = key[len(operator) :].strip()
-        if name:
-            conditions.append(Condition(name, operator, value))
+        if not name:
+            continue
+        if fields is not None:
+            kind = fields.get(name)
+            if kind is None:
+                continue
+            if kind in _NO_LIKE_TYPES and operator in ("%", "%=", "=%"):
+                operator = "="
+        conditions.append(Condition(name, operator, value))
     return conditions
 
 

@@ -1,5 +1,6 @@
 """The emulator's data: CRM records per entity type, Sales Intelligence traces with their links,
-and the id counters. In memory only; callers hold the emulator's lock.
+the custom fields made at run time, and the id counters. In memory only; callers hold the
+emulator's lock.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ import copy
 from dataclasses import dataclass, field
 
 from app.sandbox.entities import BY_OWNER, ENTITY_TYPES, TRACE_IDS, Record
+from app.sandbox.userfields import UserField
 
 
 @dataclass
 class Trace:
-    """One Sales Intelligence trace (bitrix24-api.md §8)."""
+    """One Sales Intelligence trace (docs/bitrix24.md §8)."""
 
     id: int
     raw: str | None  # TRACE exactly as received; None for an add's automatic trace without one
@@ -40,6 +42,9 @@ class Store:
         default_factory=lambda: {name: {} for name in ENTITY_TYPES}
     )
     traces: dict[int, Trace] = field(default_factory=dict)
+    # The portal's custom fields, of the configuration and made by crm.<entity>.userfield.add.
+    user_fields: list[UserField] = field(default_factory=list)
+    _next_user_field_id: int = 1
     _next_ids: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENTITY_TYPES, 1))
     _next_trace_id: int = 1
     _next_multifield_id: int = 1
@@ -47,6 +52,11 @@ class Store:
     def allocate_id(self, entity: str) -> int:
         value = self._next_ids[entity]
         self._next_ids[entity] = value + 1
+        return value
+
+    def allocate_user_field_id(self) -> int:
+        value = self._next_user_field_id
+        self._next_user_field_id += 1
         return value
 
     def allocate_multifield_id(self) -> int:
@@ -95,4 +105,8 @@ class Store:
                 for name, by_id in self.records.items()
             },
             "traces": [self.traces[i].snapshot() for i in sorted(self.traces)],
+            "user_fields": {
+                name: [f.row() for f in self.user_fields if f.entity == name]
+                for name in ENTITY_TYPES
+            },
         }

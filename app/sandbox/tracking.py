@@ -1,5 +1,6 @@
-"""Sales Intelligence traces (bitrix24-api.md §8): the automatic trace of a REST add (§8.2) and the
-two REST methods crm.tracking.trace.add / .delete (§8.3), with the server's exact messages.
+"""Sales Intelligence traces (docs/bitrix24.md §8): the automatic trace of a REST add (§8.2), the
+numeric TRACE of a REST update, and the two REST methods crm.tracking.trace.add / .delete (§8.3),
+with the server's exact messages.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 
 from app.sandbox.entities import UTM_FIELDS, EntityType, Record
 from app.sandbox.errors import core_error
@@ -48,9 +50,37 @@ def attach_on_add(store: Store, entity: EntityType, record: Record, *, created_a
             store.link(trace, "CONTACT", company_id)
 
 
-def trace_add(store: Store, params: Params, *, created_at: str) -> int:
+def attach_on_update(
+    store: Store, entity: EntityType, record: Record, fields: dict[str, object]
+) -> None:
+    """What the server does after a REST update (docs/bitrix24.md §0 fact 17, §8.2; server:
+    crm/lib/tracking/entity.php Entity::onRestAfterUpdate): only a numeric TRACE links the record
+    to that trace (channel rest). Otherwise a trace is saved only when its utm_source matches a
+    Sales Intelligence source, which the emulator has none of; and unlike the add, the deal's
+    CONTACT_ID / COMPANY_ID are never linked."""
+    entity_id = record["ID"]
+    raw = fields.get("TRACE")
+    if not isinstance(entity_id, int) or _php_empty(raw) or not is_php_numeric(raw):
+        return
+    trace_id = _php_int(raw)
+    trace = store.traces.get(trace_id) if trace_id is not None else None
+    if trace is None:
+        return
+    if "rest" not in trace.channels:
+        trace.channels.append("rest")
+    store.link(trace, entity.owner, entity_id)
+
+
+def trace_add(
+    store: Store,
+    params: Params,
+    *,
+    created_at: str,
+    can_edit: Callable[[str, int], bool] = lambda _owner, _id: True,
+) -> int:
     """crm.tracking.trace.add (§8.3). Parameter names are exact: this method reads
-    `$query['TRACE']` and `$query['ENTITIES']` directly, not through the crm.* case resolver."""
+    `$query['TRACE']` and `$query['ENTITIES']` directly, not through the crm.* case resolver.
+    `can_edit(owner, id)`: whether the webhook user may edit that record."""
     raw = params.get("TRACE")
     if _php_empty(raw):
         raise core_error("Parameter `TRACE` required.")
@@ -75,8 +105,9 @@ def trace_add(store: Store, params: Params, *, created_at: str) -> int:
         entity_id = _php_int(raw_id) if is_php_numeric(raw_id) else None
         if entity_id is None or _php_float(raw_id) <= 0:
             raise core_error("Wrong ID in parameter `ENTITIES`.")
-        if store.find(kind, entity_id) is None:
-            # The portal checks edit permission; a missing record fails the same check.
+        if store.find(kind, entity_id) is None or not can_edit(kind, entity_id):
+            # The edit-permission check; a missing record fails it too (docs/bitrix24.md §0
+            # fact 10, §8.3; server: crm/lib/tracking/rest.php, EntityAuthorization).
             raise core_error(
                 f"You have no access to entity `{kind}` with ID `{php_string(raw_id)}`."
             )

@@ -1,4 +1,4 @@
-"""`batch` over real HTTP (bitrix24-api.md §5): sequential commands, `$result[...]` references,
+"""`batch` over real HTTP (docs/bitrix24.md §5): sequential commands, `$result[...]` references,
 `halt`, the 50-command cap, per-command errors, and PHP-JSON shapes of the answer."""
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def test_without_halt_every_command_runs_and_references_to_failures_are_garbage(
     assert outer["result"] == {"a": 1, "c": 2}
     assert outer["result_error"] == {"bad": {"error": "", "error_description": "Not found"}}
     second = sandbox.records("lead")[1]
-    assert second["COMMENTS"] == "ref Array"  # the whole result map, stringified
-    assert second["ORIGIN_ID"] == {"a": 1}  # the whole result map, raw
+    # Embedded, an array is not substituted: the reference text stays (processBatchElement).
+    assert second["COMMENTS"] == "ref $result[bad]"
+    assert second["ORIGIN_ID"] == {"a": 1}  # whole value: the whole result map, raw
 
 
 def test_deeper_paths_index_into_results(sandbox: Sandbox) -> None:

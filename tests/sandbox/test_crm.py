@@ -1,5 +1,5 @@
 """Legacy crm.* methods over real HTTP: add/get/list/fields, duplicates, directories, and the Sales
-Intelligence trace on add and through crm.tracking.trace.add/delete (bitrix24-api.md §6 to §8)."""
+Intelligence trace on add and through crm.tracking.trace.add/delete (docs/bitrix24.md §6 to §8)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_add_returns_integer_ids_counted_per_entity_type(sandbox: Sandbox) -> No
     assert sandbox.ok("crm.quote.add", {"fields": {"TITLE": "f"}}) == 1
 
 
-def test_add_stores_fields_as_given_with_multifields_and_server_fields(sandbox: Sandbox) -> None:
+def test_add_stores_known_fields_with_multifields_and_server_fields(sandbox: Sandbox) -> None:
     fields = {
         "NAME": "Ann",
         "OPPORTUNITY": 150.5,
@@ -49,7 +49,8 @@ def test_add_stores_fields_as_given_with_multifields_and_server_fields(sandbox: 
     assert lead["TITLE"] == "Lead #1"  # filled by the server when empty (§6.2)
     assert lead["OPPORTUNITY"] == 150.5  # JSON types preserved
     assert (lead["ORIGINATOR_ID"], lead["ORIGIN_ID"]) == ("b24-form-gateway", "sub-42")
-    assert lead["NO_SUCH_FIELD"] == "kept"
+    # Unknown codes, and a custom field the portal does not have, are dropped (§6.1).
+    assert "NO_SUCH_FIELD" not in lead and "UF_CRM_CITY" not in lead
     assert lead["PHONE"] == [
         {"ID": 1, "VALUE_TYPE": "MOBILE", "VALUE": "+49 170 1234567", "TYPE_ID": "PHONE"}
     ]
@@ -64,13 +65,13 @@ def test_form_encoded_add_keeps_a_percent_encoded_plus_and_nests_multifields(
     sandbox: Sandbox,
 ) -> None:
     body = (
-        "fields[TITLE]=Order+42&fields[PHONE][0][VALUE]=%2B491701234567"
+        "fields[NAME]=Order+42&fields[PHONE][0][VALUE]=%2B491701234567"
         "&fields[PHONE][0][VALUE_TYPE]=WORK&fields[PHONE][1][VALUE]=+491709999999"
     )
     response = sandbox.form("crm.contact.add.json", body)
     assert response.status_code == 200
     [contact] = sandbox.records("contact")
-    assert contact["TITLE"] == "Order 42"
+    assert contact["NAME"] == "Order 42"
     assert [p["VALUE"] for p in contact["PHONE"]] == ["+491701234567", " 491709999999"]
 
 
