@@ -1,5 +1,5 @@
-"""A faithful in-memory Bitrix24 incoming-webhook REST emulator (bitrix24-api.md §11.1), for sandbox
-mode, the demo and the tests. Standalone: it imports nothing from the rest of `app`.
+"""A faithful in-memory Bitrix24 incoming-webhook REST emulator (docs/bitrix24.md §11.1), for
+sandbox mode, the demo and the tests. Standalone: it imports nothing from the rest of `app`.
 """
 
 from app.sandbox.app import create_emulator_app

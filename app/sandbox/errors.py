@@ -1,5 +1,5 @@
 """The REST error answer: one exception carrying Bitrix24's HTTP status, `error` code and text
-(bitrix24-api.md §2.3, §3). Methods raise it; the dispatcher turns it into the response body.
+(docs/bitrix24.md §2.3, §3). Methods raise it; the dispatcher turns it into the response body.
 """
 
 from __future__ import annotations

@@ -26,8 +26,7 @@ ERROR_HTML = (
 )
 INTERNAL_ERROR_JSON = json.dumps(internal_error().body(), separators=(",", ":"))
 # A failed query surfaces as ERROR_CORE "SQL query error!" with HTTP 500, and inside a batch only
-# in result_error (docs/bitrix24.md §0 fact 18, §3; server: rest/classes/general/rest.php turns
-# Bitrix\Main\DB\SqlQueryException into this answer).
+# in result_error (docs/bitrix24.md §0 fact 18, §3: an observed answer, outcome unknown).
 SQL_ERROR_STATUS = 500
 SQL_ERROR_BODY: dict[str, object] = {"error": "ERROR_CORE", "error_description": "SQL query error!"}
 

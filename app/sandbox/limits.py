@@ -1,4 +1,4 @@
-"""The portal's two limits (bitrix24-api.md §4): the per-portal leaky bucket of HTTP requests and
+"""The portal's two limits (docs/bitrix24.md §4): the per-portal leaky bucket of HTTP requests and
 the per-method execution-time budget ("operating"). Bookkeeping only; the dispatcher decides.
 """
 

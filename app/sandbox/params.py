@@ -1,5 +1,5 @@
 """Reading REST parameters as the PHP server sees them: legacy crm.* resolve top-level names in
-several cases (bitrix24-api.md §1.2), and PHP arrays arrive as JSON lists/objects or as
+several cases (docs/bitrix24.md §1.2), and PHP arrays arrive as JSON lists/objects or as
 bracket-parsed dicts keyed "0".."n".
 """
 

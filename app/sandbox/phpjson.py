@@ -1,5 +1,6 @@
-"""PHP `json_encode` shapes for REST answers (bitrix24-api.md §5.3): an empty map becomes `[]` and a
-map keyed exactly "0".."n-1" becomes a list. Applied to REST bodies only, never to the control API.
+"""PHP `json_encode` shapes for REST answers (docs/bitrix24.md §5.3): an empty map becomes `[]` and
+a map keyed exactly "0".."n-1" becomes a list. Applied to REST bodies only, never to the control
+API.
 """
 
 from __future__ import annotations

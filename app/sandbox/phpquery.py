@@ -1,4 +1,4 @@
-"""PHP `parse_str` semantics for form bodies, query strings and batch commands (bitrix24-api.md
+"""PHP `parse_str` semantics for form bodies, query strings and batch commands (docs/bitrix24.md
 §1.2, §5.1): `+` is a space, `%2B` a plus, `a[b][c]=1` nests, `a[]=x` appends. Parsing only.
 """
 

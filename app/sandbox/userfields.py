@@ -70,7 +70,8 @@ class UserField:
         }
 
     def row(self) -> Record:
-        """One row of crm.<entity>.userfield.list / .get (numbers as strings, flags Y/N)."""
+        """One row of crm.<entity>.userfield.list, numbers as strings and flags Y/N (docs:
+        api-reference/crm/quote/user-field/crm-quote-user-field-list.md)."""
         return {
             "ID": str(self.id),
             "ENTITY_ID": self.entity_id,
@@ -85,6 +86,11 @@ class UserField:
             "EDIT_IN_LIST": "Y",
             "IS_SEARCHABLE": "N",
             "SETTINGS": {},
+            "EDIT_FORM_LABEL": self.label or None,
+            "LIST_COLUMN_LABEL": self.label or None,
+            "LIST_FILTER_LABEL": self.label or None,
+            "ERROR_MESSAGE": None,
+            "HELP_MESSAGE": None,
         }
 
 
@@ -143,8 +149,8 @@ def add(
 
 
 def list_fields(fields: Sequence[UserField], params: Params) -> Page:
-    """crm.<entity>.userfield.list: `filter` on the row keys (FIELD_NAME, USER_TYPE_ID, ...),
-    `order`, all rows at once with `total`."""
+    """crm.<entity>.userfield.list (docs: crm-quote-user-field-list.md): `filter` on the row keys
+    (FIELD_NAME, USER_TYPE_ID, ...), `order`, all rows at once with `total`."""
     conditions = parse_filter(param(params, "filter"))
     rows = select_rows([field.row() for field in fields], conditions)
     rows = sort_records(rows, param(params, "order") or {"SORT": "ASC"})

@@ -1,5 +1,5 @@
 """The portal's custom and admin-required fields, set through the config: `crm.*.fields` lists
-them, and an add without a required field is refused as the portal does (bitrix24-api.md §6.1)."""
+them, and an add without a required field is refused as the portal does (docs/bitrix24.md §6.1)."""
 
 from __future__ import annotations
 

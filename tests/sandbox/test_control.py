@@ -1,5 +1,5 @@
 """Limits, fault injection, the control API, the record viewer and mounting under a prefix
-(bitrix24-api.md §3, §4, §11.1)."""
+(docs/bitrix24.md §3, §4, §11.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PHP `parse_str` semantics (bitrix24-api.md §1.2) and PHP `json_encode` shapes (§5.3)."""
+"""PHP `parse_str` semantics (docs/bitrix24.md §1.2) and PHP `json_encode` shapes (§5.3)."""
 
 from __future__ import annotations
 
