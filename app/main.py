@@ -27,6 +27,7 @@ from app import admin, check, pages, retention
 from app.admin.dashboard import dashboard_html
 from app.bitrix import BitrixClient
 from app.delivery import RetryPolicy, Worker, WorkerConfig
+from app.delivery.breaker import Breaker
 from app.delivery.plan import preview
 from app.embed import router as embed_router
 from app.forms import Form, FormsError, load_forms
@@ -54,6 +55,7 @@ class Runtime:
 
     store: Store
     client: BitrixClient
+    breaker: Breaker | None = None  # the worker's, when this process runs one
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -65,6 +67,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         quote_field=settings.QUOTE_ORIGIN_FIELD,
         create_marker_fields=settings.CREATE_MARKER_FIELDS,
         poll_seconds=settings.WORKER_POLL_SECONDS,
+        probe_max_seconds=settings.BREAKER_MAX_PROBE_SECONDS,
         policy=RetryPolicy(
             base_seconds=settings.RETRY_BASE_SECONDS,
             max_delay_seconds=settings.RETRY_MAX_DELAY_SECONDS,
@@ -137,10 +140,12 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
             if settings.WORKER
             else None
         )
-        app.state.runtime = Runtime(store, client)
+        app.state.runtime = Runtime(store, client, worker.breaker if worker else None)
         app.state.intake.on_accepted = worker.wake if worker else (lambda: None)
         if admin_ctx is not None:  # a retry by hand is delivered at once, not at the next poll
             admin_ctx.on_requeued = worker.wake if worker else (lambda: None)
+            if worker is not None:
+                admin_ctx.portal_state = worker.breaker.snapshot
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
         retention_task = (
             asyncio.create_task(
@@ -219,6 +224,8 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
                 "last_success_at": client.last_success_at,
                 "last_failure_at": client.last_failure_at,
                 "last_error": client.last_error_code,
+                "moved_to": client.moved_to,
+                **({"breaker": runtime.breaker.snapshot()} if runtime.breaker else {}),
             },
         )
         return JSONResponse(body)
@@ -239,7 +246,10 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         async def sandbox_status() -> HTMLResponse:
             # Sandbox only: a real deployment shows this at /admin/dashboard, behind the token.
             title = "b24-form-gateway (sandbox)"
-            return HTMLResponse(await dashboard_html(store, now=datetime.now(UTC), title=title))
+            runtime: Runtime = app.state.runtime
+            portal = runtime.breaker.snapshot() if runtime.breaker else None
+            page = await dashboard_html(store, now=datetime.now(UTC), title=title, portal=portal)
+            return HTMLResponse(page)
 
         app.mount("/sandbox", emulator_app)
     return app

@@ -63,6 +63,17 @@ class Metrics:
             ["kind", "code"],
             registry=r,
         )
+        self.breaker_open = Gauge(
+            "gateway_portal_breaker_open",
+            "1 while the portal is down and the worker only probes it, else 0.",
+            registry=r,
+        )
+        self.breaker_probes = Counter(
+            "gateway_portal_breaker_probes",
+            "Probes of a portal that was down, by result (down, up).",
+            ["result"],
+            registry=r,
+        )
         self.portal_moves = Counter(
             "gateway_portal_moved",
             "Redirects from a renamed portal that were followed (update B24_WEBHOOK_URL).",

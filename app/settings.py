@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # ORIGIN_ID). `check --create-fields` creates it; CREATE_MARKER_FIELDS lets the worker.
     QUOTE_ORIGIN_FIELD: str = "UF_CRM_B24FG_ORIGIN"
     CREATE_MARKER_FIELDS: bool = True
+    # While the portal is down the worker probes it with one cheap call, the interval growing
+    # to this many seconds: the longest wait between its return and the first delivery.
+    BREAKER_MAX_PROBE_SECONDS: float = Field(default=2.0, gt=0, le=600)
     RETRY_BASE_SECONDS: float = Field(default=5.0, ge=0)
     RETRY_MAX_DELAY_SECONDS: float = Field(default=900.0, ge=0)
     RETRY_HORIZON_SECONDS: float = Field(default=3 * 24 * 3600.0, gt=0)

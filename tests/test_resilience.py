@@ -122,10 +122,11 @@ async def test_the_client_paces_itself_to_the_portal_limit_past_the_burst(
         portal.server.stop()
 
 
-async def test_query_limit_exceeded_slows_down_and_retries_without_failing(
+async def test_a_bucket_already_full_costs_at_most_one_query_limit_exceeded_and_no_failure(
     make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
-    # Another integration shares the portal's bucket: it is full when the gateway starts.
+    # Another integration shares the portal's bucket: it is full when the gateway starts. The
+    # gateway starts as if it were (it cannot know) and sends at the drain rate.
     portal = new_portal(rate_per_second=5, burst=5)
     try:
         await asyncio.to_thread(fill_bucket, portal, 5)
@@ -135,7 +136,7 @@ async def test_query_limit_exceeded_slows_down_and_retries_without_failing(
         store = await gateway.store()
 
         await wait_for(lambda: delivered_count_is(store, 20), within=60, interval=0.1)
-        assert portal.state()["counts"].get("rejected_rate_limit", 0) >= 1
+        assert portal.state()["counts"].get("rejected_rate_limit", 0) <= 1
         assert (await store.count_by_status())[Status.FAILED] == 0
         assert lead_origins(portal) == Counter({i: 1 for i in ids})
     finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import html
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -25,8 +27,11 @@ HOURS = 12
 router = APIRouter()
 
 
-async def dashboard_html(store: Store, *, now: datetime, title: str) -> str:
-    """The page: the chart of the last hours and the counts by status."""
+async def dashboard_html(
+    store: Store, *, now: datetime, title: str, portal: Mapping[str, object] | None = None
+) -> str:
+    """The page: the chart of the last hours, the counts by status, and (from a process that
+    delivers) whether the portal is reachable: the breaker's state."""
     end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     buckets = await store.activity(
         since=end - timedelta(hours=HOURS), until=end, bucket=timedelta(hours=1)
@@ -46,9 +51,24 @@ async def dashboard_html(store: Store, *, now: datetime, title: str) -> str:
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}
 td{{padding:.2rem .8rem}}</style></head><body>
 <h1>{title}</h1>{svg}
+{_portal_line(portal)}
 <table><tr><th>status</th><th>submissions</th></tr>{rows}</table>
 <p><small>Updated {now:%Y-%m-%d %H:%M} UTC; refreshes every minute.</small></p>
 </body></html>"""
+
+
+def _portal_line(portal: Mapping[str, object] | None) -> str:
+    if portal is None:
+        return ""
+    if portal.get("state") != "open":
+        return '<p id="portal">Portal: <strong>reachable</strong>.</p>'
+    since = html.escape(str(portal.get("since", ""))[:19].replace("T", " "))
+    error = html.escape(str(portal.get("last_error") or "?"))
+    return (
+        '<p id="portal" style="color:#b00020">Portal: <strong>down</strong> since '
+        f"{since} UTC ({error}); deliveries wait, the worker probes it and resumes at once "
+        "when it answers.</p>"
+    )
 
 
 def _context(request: Request) -> AdminContext:
@@ -85,5 +105,7 @@ def require_browser_or_bearer(
     include_in_schema=False,
 )
 async def dashboard(ctx: Annotated[AdminContext, Depends(_context)]) -> HTMLResponse:
-    html = await dashboard_html(ctx.store, now=datetime.now(UTC), title="b24-form-gateway")
-    return HTMLResponse(html)
+    page = await dashboard_html(
+        ctx.store, now=datetime.now(UTC), title="b24-form-gateway", portal=ctx.portal_state()
+    )
+    return HTMLResponse(page)

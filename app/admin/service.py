@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypedDict
@@ -37,7 +37,8 @@ class AdminContext:
 
     `token` is None for the CLI, which needs none; the HTTP routes then refuse everything.
     `preview` gives the commands a submission's next attempt would send; `on_requeued` wakes the
-    worker after a retry by hand (set by the lifespan once the worker exists).
+    worker after a retry by hand, and `portal_state` gives the worker's portal breaker state
+    (both set by the lifespan once the worker exists; None when this process delivers nothing).
     """
 
     store: Store
@@ -45,6 +46,7 @@ class AdminContext:
     preview: Preview
     clock: Callable[[], datetime] = utcnow
     on_requeued: Callable[[], None] = lambda: None
+    portal_state: Callable[[], Mapping[str, object] | None] = lambda: None
 
 
 class Listing(TypedDict):

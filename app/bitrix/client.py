@@ -6,7 +6,6 @@ parsing of answers into results or classified errors. It never retries: the work
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -18,8 +17,8 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from aiolimiter import AsyncLimiter
 
+from app.bitrix.bucket import PortalBucket
 from app.bitrix.errors import (
     BitrixError,
     ConfigError,
@@ -36,8 +35,6 @@ log = logging.getLogger("app.bitrix")
 
 MAX_BATCH_COMMANDS = 50
 RATE_MARGIN = 0.97
-RATE_LIMIT_PAUSE_SECONDS = 1.0
-RATE_LIMIT_SLOW_SECONDS = 60.0
 OPERATION_LIMIT_DEFAULT_SECONDS = 60.0
 EXCERPT_CHARS = 300
 USER_AGENT = "b24-form-gateway/0.1"
@@ -111,14 +108,10 @@ class BitrixClient:
         )
         # The portal's own leaky bucket (§4.1): `burst` at once, then `rate_per_second`. The
         # portal counts a request when it arrives, so network jitter can make its count run
-        # ahead of ours: keep a margin below both numbers.
+        # ahead of ours: keep a margin below both numbers. It starts full: a worker never
+        # knows what was sent before it (another worker, another integration).
         capacity = max(1, min(burst - 1, int(burst * 0.9)))
-        rate = rate_per_second * RATE_MARGIN
-        self._limiter = AsyncLimiter(max_rate=capacity, time_period=capacity / rate)
-        # After QUERY_LIMIT_EXCEEDED the portal's bucket is full (other integrations share it,
-        # §4.1): pause briefly, then charge each request double for a while (half the rate).
-        self._pause_until = 0.0
-        self._slow_until = 0.0
+        self._bucket = PortalBucket(rate=rate_per_second * RATE_MARGIN, capacity=capacity)
         # OPERATION_TIME_LIMIT blocks one method until a reset time (unix seconds, §4.2).
         self._blocked_until: dict[str, float] = {}
         self._operating_reset_at: dict[str, float] = {}
@@ -186,6 +179,10 @@ class BitrixClient:
                 self._operating_reset_at[method] = float(reset_at)
         return out
 
+    def assume_bucket_full(self) -> None:
+        """Pace as if the portal's bucket were full (a worker taking over from another)."""
+        self._bucket.fill()
+
     def blocked_until(self, method: str) -> float | None:
         """When the portal unblocks `method` (unix seconds), if it is blocked now (§4.2)."""
         until = self._blocked_until.get(method)
@@ -252,9 +249,7 @@ class BitrixClient:
         self, method: str, payload: dict[str, object], *, before_send: BeforeSend | None
     ) -> httpx.Response:
         waiting = time.monotonic()
-        if self._pause_until > waiting:
-            await asyncio.sleep(self._pause_until - waiting)
-        await self._limiter.acquire(2 if time.monotonic() < self._slow_until else 1)
+        await self._bucket.acquire()
         if before_send is not None:
             await before_send()
         started = time.monotonic()
@@ -326,9 +321,9 @@ class BitrixClient:
         if self._observer is not None:
             self._observer.portal_error(_kind(error), error.label)
         if isinstance(error, RateLimited):
-            now = time.monotonic()
-            self._pause_until = max(self._pause_until, now + RATE_LIMIT_PAUSE_SECONDS)
-            self._slow_until = now + RATE_LIMIT_SLOW_SECONDS
+            # The portal's bucket is full (others share it, §4.1): from now on, send at its
+            # drain rate, which it never refuses; no slower.
+            self._bucket.fill()
         elif isinstance(error, OperationTimeLimit) and error.method:
             reset = error.reset_at
             if reset is None or reset <= time.time():

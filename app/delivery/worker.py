@@ -31,6 +31,7 @@ from app.bitrix import (
     batch_body_bytes,
 )
 from app.delivery import plan
+from app.delivery.breaker import Breaker, portal_down
 from app.delivery.marker import DEFAULT_QUOTE_FIELD, userfield_add_params
 from app.delivery.retry import RetryPolicy
 from app.metrics import Metrics
@@ -60,6 +61,9 @@ class WorkerConfig:
     quote_field: str = DEFAULT_QUOTE_FIELD
     create_marker_fields: bool = True
     poll_seconds: float = 1.0
+    # The breaker's probe interval grows from this to `probe_max_seconds` while the portal is
+    # down; the largest delay between the portal's return and the first delivery.
+    probe_max_seconds: float = 2.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
@@ -120,6 +124,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._quote_marker_ready = False
+        self.breaker = Breaker(max_probe_seconds=self.config.probe_max_seconds)
 
     def wake(self) -> None:
         """Tell the worker that something became due (a new submission was committed)."""
@@ -137,26 +142,69 @@ class Worker:
         """
         log.info("worker.started")
         leadership = Leadership(self.store.engine)
-        standing_by = False
+        standing_by = leading = False
         try:
             while not self._stopping:
                 handled = 0
+                pause = self.config.poll_seconds
                 try:
                     if await leadership.hold():
-                        standing_by = False
-                        handled = await self.run_once()
-                    elif not standing_by:
-                        standing_by = True
-                        log.info("worker.standing_by")
+                        if not leading:
+                            # Whatever the previous worker sent still fills the portal's
+                            # bucket: start as if it were full (docs/bitrix24.md §4.1).
+                            self.client.assume_bucket_full()
+                        standing_by, leading = False, True
+                        if self.breaker.open:
+                            pause = await self._probe_if_due()
+                        if not self.breaker.open:
+                            handled = await self.run_once()
+                    else:
+                        leading = False
+                        if not standing_by:
+                            standing_by = True
+                            log.info("worker.standing_by")
                 except Exception:  # the store is down, a bug: log, back off, keep looping
                     log.exception("worker.pass_failed")
                 if handled == 0 and not self._stopping:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_seconds)
+                        await asyncio.wait_for(self._wake.wait(), timeout=pause)
         finally:
             await leadership.release()
             log.info("worker.stopped")
+
+    async def _probe_if_due(self) -> float:
+        """While the breaker is open: one cheap call when it is time. Returns how long to
+        sleep before looking again."""
+        now = self.clock()
+        if self.breaker.probe_due(now):
+            try:
+                await self.client.call("profile")
+            except BitrixError as exc:
+                if portal_down(exc):
+                    self.breaker.trip(exc, now=self.clock(), rng=self.rng)
+                    self._breaker_metrics("down")
+                    now = self.clock()
+                else:
+                    self._portal_back()  # it answers; what it said is for the deliveries
+            else:
+                self._portal_back()
+        if not self.breaker.open or self.breaker.next_probe_at is None:
+            return 0.0
+        wait = (self.breaker.next_probe_at - now).total_seconds()
+        return max(0.0, min(wait, self.config.poll_seconds))
+
+    def _portal_back(self) -> None:
+        opened = self.breaker.opened_at
+        down = (self.clock() - opened).total_seconds() if opened else 0.0
+        self.breaker.close()
+        self._breaker_metrics("up")
+        log.warning("portal.back", extra={"down_ms": int(down * 1000)})
+
+    def _breaker_metrics(self, probe: str) -> None:
+        if self.metrics is not None:
+            self.metrics.breaker_probes.labels(result=probe).inc()
+            self.metrics.breaker_open.set(1 if self.breaker.open else 0)
 
     async def run_once(self) -> int:
         """Claim one batch of due submissions and deliver it; returns how many were claimed."""
@@ -186,6 +234,14 @@ class Worker:
         await self._look_up([j for j in jobs if j.error is None])
         await self._create([j for j in jobs if j.error is None])
         now = self.clock()
+        down = next((job.error for job in jobs if portal_down(job.error)), None)
+        if down is not None:
+            # The portal as a whole is down: probe it instead of spending attempts (breaker).
+            if not self.breaker.open:
+                log.warning("portal.down", extra={"error_code": down.label})
+            self.breaker.trip(down, now=now, rng=self.rng)
+            if self.metrics is not None:
+                self.metrics.breaker_open.set(1)
         outcomes = [self._outcome(job, started=started, now=now) for job in jobs]
         await self.store.record_outcomes(outcomes, now=now)
         if self.metrics is not None:
@@ -515,8 +571,10 @@ class Worker:
             now=now,
             rng=self.rng,
         )
-        if changed is not None and next_at is not None:
-            next_at = now  # only the trace step is left, with a different trace or links
+        if next_at is not None and (changed is not None or portal_down(error)):
+            # Only the trace step is left, with a different trace or links; or the portal was
+            # down: due at once, and the breaker holds every claim until it answers again.
+            next_at = now
         if next_at is not None and job.wait_until is not None:
             # The portal may still be running the lost request: nothing before it is over.
             next_at = max(next_at, job.wait_until)
