@@ -112,6 +112,21 @@ async def test_a_lost_answer_is_looked_up_by_origin_id_not_created_again(
     assert commands == ["crm.lead.add", "crm.lead.list"]
 
 
+async def test_after_a_lost_batch_one_list_command_looks_up_many_submissions(
+    portal: Portal, make_gateway: MakeGateway
+) -> None:
+    api_only = await make_gateway(portal, WORKER=False)
+    ids = await post_leads(api_only, 40, prefix="+1555071")
+    portal.faults(lose_responses=1)  # the batch of 40 runs, its answer is lost
+    delivering = await make_gateway(portal)
+    store = await delivering.store()
+    await wait_for(lambda: all_delivered(store, ids))
+    assert origin_counts(portal) == {i: 1 for i in ids}
+    commands = [c for r in portal.state()["requests"] for c in r.get("commands", [])]
+    assert commands.count("crm.lead.add") == 40
+    assert commands.count("crm.lead.list") == 2  # 25 submissions a look-up, not one each
+
+
 async def test_a_hung_answer_times_out_and_is_looked_up_not_created_again(
     portal: Portal, make_gateway: MakeGateway
 ) -> None:

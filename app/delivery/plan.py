@@ -5,8 +5,9 @@ form's own record), for a deal the step that sets its company, and for a package
 records one `crm.tracking.trace.add` linking them all (§8.4). Delivery runs
 in two phases, each shared by many submissions:
 
-1. look-ups: records an interrupted attempt may have created (by their identity marker,
-   §7.1), and the existing contact or company to reuse (§7.2);
+1. look-ups: records interrupted attempts may have created (by their identity marker, one
+   list command for many submissions, §7.1), and the existing contact or company to reuse
+   (§7.2);
 2. creates: the records still missing, chained with `$result[...]` references (§5.2), then
    the company link and the trace step.
 
@@ -35,6 +36,7 @@ CREATE_ORDER = ("company", "contact", "deal", "lead", "quote")
 METHOD_PREFIX = {role: f"crm.{role}" for role in CREATE_ORDER}
 TRACE_TYPES = {role: role.upper() for role in CREATE_ORDER}
 MAX_FINDBYCOMM_VALUES = 20  # §7.2
+LIST_PAGE = 50  # rows a legacy list answers at most (§2.2)
 # The step that sets a deal's company after the add; its progress entry holds the company id.
 LINK = "deal_company"
 TRACE = "trace"
@@ -151,13 +153,65 @@ def package(submission: Submission) -> Package:
 # --------------------------------------------------------------------------- phase 1
 
 
-def lookups(pkg: Package, *, identity: Identity, known: Mapping[str, int]) -> list[Step]:
-    """Look-up steps, keyed `origin:<role>`, `phone`, `email`, `company_title`."""
+def origin_roles(pkg: Package, *, known: Mapping[str, int]) -> list[str]:
+    """The records an interrupted attempt may have created, still to be looked up."""
+    if not pkg.submission.outcome_unknown:
+        return []
+    return [role for role in pkg.roles if role not in known]
+
+
+def origin_lookup(role: str, origin_ids: list[str], *, identity: Identity, key: str) -> Step:
+    """One list command finding the records of many submissions by their marker (an IN
+    filter), the marker selected so that every row can be checked (§0 fact 13)."""
+    marker = identity.marker(role)
+    filters: dict[str, object] = {f"@{marker.field}": list(origin_ids)}
+    select = ["ID", marker.field]
+    if marker.originator is not None:
+        filters[f"={marker.originator}"] = identity.originator_id
+        select.append(marker.originator)
+    params = {"filter": filters, "select": select, "order": {"ID": "ASC"}, "start": -1}
+    return Step(key, role, f"{METHOD_PREFIX[role]}.list", params)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginRows:
+    """What one origin look-up proved. `found`: origin id -> the lowest record id carrying it.
+    `foreign`: a row carries none of the markers asked for, so the portal did not apply the
+    filter and absence proves nothing. `complete`: the answer was not cut at a page (§2.2)."""
+
+    found: dict[str, int]
+    foreign: bool
+    complete: bool
+
+
+def origin_rows(
+    role: str, result: object, origin_ids: list[str], *, identity: Identity
+) -> OriginRows:
+    marker = identity.marker(role)
+    rows = _rows(result)
+    found: dict[str, int] = {}
+    foreign = False
+    for row in rows:
+        owner = next(
+            (
+                oid
+                for oid in origin_ids
+                if marker.matches(row, origin_id=oid, originator_id=identity.originator_id)
+            ),
+            None,
+        )
+        record_id = created_id(row.get("ID"))
+        if owner is None or record_id is None:
+            foreign = True
+        elif owner not in found or record_id < found[owner]:
+            found[owner] = record_id
+    return OriginRows(found, foreign, complete=len(rows) < LIST_PAGE)
+
+
+def lookups(pkg: Package, *, known: Mapping[str, int]) -> list[Step]:
+    """The look-ups that find an existing contact or company to reuse (§7.2, §7.3), keyed
+    `phone`, `email`, `company_title`."""
     steps: list[Step] = []
-    if pkg.submission.outcome_unknown:
-        for role in pkg.roles:
-            if role not in known:
-                steps.append(_origin_lookup(pkg, role, identity))
     if pkg.match.get("contact") == "phone_email" and "contact" not in known:
         contact = pkg.records["contact"]
         for kind, name in (("PHONE", "phone"), ("EMAIL", "email")):
@@ -176,33 +230,11 @@ def lookups(pkg: Package, *, identity: Identity, known: Mapping[str, int]) -> li
     return steps
 
 
-def _origin_lookup(pkg: Package, role: str, identity: Identity) -> Step:
-    marker = identity.marker(role)
-    written = marker.fields(origin_id=pkg.origin_id(role), originator_id=identity.originator_id)
-    params = {
-        "filter": {f"={name}": value for name, value in written.items()},
-        "select": ["ID", *written],
-        "order": {"ID": "ASC"},
-        "start": -1,
-    }
-    return Step(f"origin:{role}", role, f"{METHOD_PREFIX[role]}.list", params)
-
-
-def resolve(pkg: Package, results: Mapping[str, object], *, identity: Identity) -> dict[str, int]:
+def resolve(
+    pkg: Package, results: Mapping[str, object], *, ours: Mapping[str, int]
+) -> dict[str, int]:
     """Record ids the look-ups found: ours first (by marker), then a match to reuse."""
-    found: dict[str, int] = {}
-    for role in pkg.roles:
-        marker = identity.marker(role)
-        rows = _rows(results.get(f"origin:{role}"))
-        ours = [
-            row
-            for row in rows
-            if marker.matches(
-                row, origin_id=pkg.origin_id(role), originator_id=identity.originator_id
-            )
-        ]
-        if (record_id := _lowest_id(ours)) is not None:
-            found[role] = record_id
+    found: dict[str, int] = {role: ours[role] for role in pkg.roles if role in ours}
     if "contact" not in found:
         for name in ("phone", "email"):
             if (contact_id := _duplicate_id(results.get(name), "CONTACT")) is not None:
@@ -385,10 +417,12 @@ def preview(submission: Submission, *, identity: Identity) -> list[dict[str, str
     """
     pkg = package(submission)
     known = dict(submission.bitrix_ids)
-    rows = [
-        {"phase": "look-up", "key": step.key, "command": step.command}
-        for step in lookups(pkg, identity=identity, known=known)
+    steps = [
+        origin_lookup(role, [pkg.origin_id(role)], identity=identity, key=f"origin:{role}")
+        for role in origin_roles(pkg, known=known)
     ]
+    steps += lookups(pkg, known=known)
+    rows = [{"phase": "look-up", "key": step.key, "command": step.command} for step in steps]
     create_plan = creates(pkg, identity=identity, known=known, prefix="")
     rows.extend(
         {"phase": "create", "key": step.key, "command": step.command} for step in create_plan.steps

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -42,6 +43,9 @@ T = TypeVar("T")
 # A lease is stretched only when it would end sooner than this before the portal could still
 # be running a request: one write covers the requests of the next few seconds.
 LEASE_SLACK_SECONDS = 5.0
+# Submissions per origin look-up: a list answers 50 rows at most, and a record created twice by
+# an older bug takes two; half a page leaves room (§2.2).
+ORIGIN_IDS_PER_LOOKUP = 25
 
 
 def utcnow() -> datetime:
@@ -75,7 +79,7 @@ class Halted(NotExecuted):
     """Not run: an earlier command of the same `halt=1` batch failed (§5.1)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity
 class _Job:
     """One submission's progress through this pass."""
 
@@ -89,6 +93,9 @@ class _Job:
     plan: plan.CreatePlan = field(default_factory=plan.CreatePlan)
     sent_at: datetime | None = None
     wait_until: datetime | None = None  # no look-up or create before this (a lost answer)
+    origin_found: dict[str, int] = field(default_factory=dict)  # records proven ours
+    origin_pending: set[str] = field(default_factory=set)  # roles whose look-up is unanswered
+    answers: dict[str, object] = field(default_factory=dict)  # what the match look-ups said
 
     @property
     def submission(self) -> Submission:
@@ -99,7 +106,18 @@ class _Job:
         return self.pkg.id
 
 
-Reader = Callable[[_Job, list[plan.Step], BatchResult, bool], bool]
+@dataclass(slots=True)
+class _Entry:
+    """Commands that travel together in one batch, the submissions they serve, and how to
+    read their answers: `read(result, halted)` returns whether the batch stopped by then."""
+
+    jobs: list[_Job]
+    steps: list[plan.Step]
+    read: Callable[[BatchResult, bool], bool]
+
+
+def _clear(entry: _Entry) -> bool:
+    return all(job.error is None for job in entry.jobs)
 
 
 class Worker:
@@ -282,54 +300,113 @@ class Worker:
     # ------------------------------------------------------------------ phase 1
 
     async def _look_up(self, jobs: Sequence[_Job]) -> None:
-        identity = self.config.identity
-        batched: list[tuple[_Job, list[plan.Step]]] = []
-        direct: list[tuple[_Job, list[plan.Step]]] = []
-        for job in jobs:
-            if self._waiting(job):
-                continue
+        active = [job for job in jobs if not self._waiting(job)]
+        entries = self._origin_entries(active)
+        direct: list[_Entry] = []
+        for job in active:
             steps = [
                 plan.Step(f"j{job.n}_{step.key}", step.role, step.method, step.params)
-                for step in plan.lookups(job.pkg, identity=identity, known=job.known)
+                for step in plan.lookups(job.pkg, known=job.known)
             ]
-            if paused := self._paused(steps):
-                job.error = paused
-            elif steps:
-                (direct if plan.must_go_direct(steps) else batched).append((job, steps))
-            else:
-                job.unknown = False  # every record of the package is known already
-        await self._send_all(batched, halt=False, read=self._read_lookups, writes=False)
-        for job, steps in direct:
-            await self._send_direct(job, steps, read=self._read_lookups)
+            if steps:
+                entry = _Entry([job], steps, functools.partial(self._read_matches, job, steps))
+                (direct if plan.must_go_direct(steps) else entries).append(entry)
+        for entry in entries + direct:
+            if paused := self._paused(entry.steps):
+                for job in entry.jobs:
+                    job.error = paused
+        await self._send_all([e for e in entries if _clear(e)], halt=False, writes=False)
+        for entry in direct:
+            if _clear(entry):
+                await self._send_direct(entry)
+        for job in active:
+            if job.error is None and job.origin_pending:
+                # Its look-up travelled with a submission that could not go: never conclude
+                # "not created" from a question that was not asked.
+                job.error = Halted("look-up not sent with the others; asked again next pass")
+            if job.error is not None:
+                continue
+            found = plan.resolve(job.pkg, job.answers, ours=job.origin_found)
+            if found:
+                log.info(
+                    "delivery.found_existing",
+                    extra={"submission_id": job.id, "roles": ",".join(sorted(found))},
+                )
+            job.known.update(found)
+            # Every record not found is known not to exist: creating it is safe now.
+            job.unknown = False
 
-    def _read_lookups(
+    def _origin_entries(self, jobs: Sequence[_Job]) -> list[_Entry]:
+        """One list command per record type finds what interrupted attempts of many
+        submissions may have created (an IN filter on the marker)."""
+        wanted: dict[str, list[tuple[_Job, str]]] = {}
+        for job in jobs:
+            for role in plan.origin_roles(job.pkg, known=job.known):
+                wanted.setdefault(role, []).append((job, job.pkg.origin_id(role)))
+                job.origin_pending.add(role)
+        entries = []
+        for role, pairs in wanted.items():
+            for start in range(0, len(pairs), ORIGIN_IDS_PER_LOOKUP):
+                part = pairs[start : start + ORIGIN_IDS_PER_LOOKUP]
+                step = plan.origin_lookup(
+                    role,
+                    [origin_id for _, origin_id in part],
+                    identity=self.config.identity,
+                    key=f"o_{role}_{start}",
+                )
+                read = functools.partial(self._read_origin, step, part)
+                entries.append(_Entry(list(dict.fromkeys(j for j, _ in part)), [step], read))
+        return entries
+
+    def _read_origin(
+        self, step: plan.Step, part: list[tuple[_Job, str]], result: BatchResult, halted: bool
+    ) -> bool:
+        if step.key in result.errors:
+            for job, _ in part:
+                job.error = result.errors[step.key]  # a read: it changed nothing
+            return False
+        origin_ids = [origin_id for _, origin_id in part]
+        rows = plan.origin_rows(
+            step.role, result.results.get(step.key), origin_ids, identity=self.config.identity
+        )
+        if rows.foreign:
+            field_name = self.config.identity.marker(step.role).field
+            error = ConfigError(
+                f"the portal ignored the look-up filter on {field_name} (it answered records "
+                "of others): the field is missing, so this record cannot be found again; "
+                "run `b24-form-gateway check`"
+            )
+            for job, _ in part:
+                job.error = error
+            return False
+        for job, origin_id in part:
+            job.origin_pending.discard(step.role)
+            if origin_id in rows.found:
+                job.origin_found[step.role] = rows.found[origin_id]
+            elif not rows.complete:
+                job.error = OutcomeUnknown(
+                    "the look-up answer filled a whole page; looking it up again", settled=True
+                )
+        return False
+
+    def _read_matches(
         self, job: _Job, steps: list[plan.Step], result: BatchResult, halted: bool
     ) -> bool:
-        answers: dict[str, object] = {}
         prefix = f"j{job.n}_"
         for step in steps:
             if step.key in result.errors:
-                job.error = result.errors[step.key]  # a read: it changed nothing in the portal
+                job.error = result.errors[step.key]  # a read: it changed nothing
                 return False
-            answers[step.key.removeprefix(prefix)] = result.results.get(step.key)
-        found = plan.resolve(job.pkg, answers, identity=self.config.identity)
-        if found:
-            log.info(
-                "delivery.found_existing",
-                extra={"submission_id": job.id, "roles": ",".join(sorted(found))},
-            )
-        job.known.update(found)
-        # Every record not found is known not to exist: creating it is safe now.
-        job.unknown = False
+            job.answers[step.key.removeprefix(prefix)] = result.results.get(step.key)
         return False
 
     # ------------------------------------------------------------------ phase 2
 
     async def _create(self, jobs: Sequence[_Job]) -> None:
         identity = self.config.identity
-        singles: list[tuple[_Job, list[plan.Step]]] = []
-        chains: list[tuple[_Job, list[plan.Step]]] = []
-        direct: list[tuple[_Job, list[plan.Step]]] = []
+        singles: list[_Entry] = []
+        chains: list[_Entry] = []
+        direct: list[_Entry] = []
         for job in jobs:
             if self._waiting(job) or job.unknown:
                 # Outcome still unknown (the look-up could not run): never create blind.
@@ -338,23 +415,24 @@ class Worker:
                 job.pkg, identity=identity, known=job.known, prefix=f"s{job.n}_"
             )
             steps = job.plan.steps
+            entry = _Entry([job], steps, functools.partial(self._read_steps, job, steps))
             if paused := self._paused(steps):
                 # A method the portal blocked for a while (§4.2): wait for its
                 # reset without calling, while other methods keep flowing.
                 job.error = paused
             elif plan.must_go_direct(steps):
                 # A value the portal would rewrite inside a batch (§0 fact 16).
-                direct.append((job, steps))
+                direct.append(entry)
             elif len(steps) == 1:
-                singles.append((job, steps))
+                singles.append(entry)
             elif steps:
-                chains.append((job, steps))
+                chains.append(entry)
         # Independent records: halt=0, so one rejected lead does not hold back the others.
-        await self._send_all(singles, halt=False, read=self._read_steps, writes=True)
+        await self._send_all(singles, halt=False, writes=True)
         # Chained records: halt=1, or a failed create would feed garbage into $result (§5.2).
-        await self._send_all(chains, halt=True, read=self._read_steps, writes=True)
-        for job, steps in direct:
-            await self._send_direct(job, steps, read=self._read_steps)
+        await self._send_all(chains, halt=True, writes=True)
+        for entry in direct:
+            await self._send_direct(entry)
 
     def _read_steps(
         self, job: _Job, steps: list[plan.Step], result: BatchResult, halted: bool
@@ -418,25 +496,12 @@ class Worker:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send_all(
-        self,
-        entries: list[tuple[_Job, list[plan.Step]]],
-        *,
-        halt: bool,
-        read: Reader,
-        writes: bool,
-    ) -> None:
+    async def _send_all(self, entries: list[_Entry], *, halt: bool, writes: bool) -> None:
         for chunk in self._chunks(entries):
-            await self._send_chunk(chunk, halt=halt, read=read, writes=writes)
+            await self._send_chunk(chunk, halt=halt, writes=writes)
 
     async def _send_chunk(
-        self,
-        chunk: list[tuple[_Job, list[plan.Step]]],
-        *,
-        halt: bool,
-        read: Reader,
-        writes: bool,
-        split: bool = True,
+        self, chunk: list[_Entry], *, halt: bool, writes: bool, split: bool = True
     ) -> bool:
         """One batch request; False when it was refused as a whole in front of the portal.
 
@@ -444,20 +509,18 @@ class Worker:
         each is tried, so one submission's content cannot hold back the others (§0 fact 18).
         When both halves are refused too, the trouble is not the content: all wait.
         """
-        jobs = [job for job, _ in chunk]
-        commands = {step.key: step.command for _, steps in chunk for step in steps}
+        jobs = list(dict.fromkeys(job for entry in chunk for job in entry.jobs))
+        commands = {step.key: step.command for entry in chunk for step in entry.steps}
         try:
             result = await self.client.batch(commands, halt=halt, before_send=self._guard(jobs))
         except Refused as exc:
             if len(chunk) > 1 and split:
                 half = len(chunk) // 2
                 first, second = chunk[:half], chunk[half:]
-                if await self._send_chunk(first, halt=halt, read=read, writes=writes):
-                    await self._send_chunk(second, halt=halt, read=read, writes=writes)
+                if await self._send_chunk(first, halt=halt, writes=writes):
+                    await self._send_chunk(second, halt=halt, writes=writes)
                     return True
-                return await self._send_chunk(
-                    second, halt=halt, read=read, writes=writes, split=False
-                )
+                return await self._send_chunk(second, halt=halt, writes=writes, split=False)
             for job in jobs:
                 job.error = exc
             return False
@@ -469,26 +532,26 @@ class Worker:
                     self._lost(job, exc)
             return True
         halted = False
-        for job, steps in chunk:
-            stopped = read(job, steps, result, halted)
+        for entry in chunk:
+            stopped = entry.read(result, halted)
             halted = halt and stopped
         return True
 
-    async def _send_direct(self, job: _Job, steps: list[plan.Step], *, read: Reader) -> None:
+    async def _send_direct(self, entry: _Entry) -> None:
         """The steps one by one as direct calls, `$result` references resolved here; stops at
         the first failure, then reads the whole as a halted batch would be read."""
         result = BatchResult()
-        for step in steps:
+        for step in entry.steps:
             try:
                 result.results[step.key] = await self.client.call(
                     step.method,
                     plan.with_ids(step.params, result.results),
-                    before_send=self._guard([job]),
+                    before_send=self._guard(entry.jobs),
                 )
             except BitrixError as exc:
                 result.errors[step.key] = exc
                 break
-        read(job, steps, result, True)
+        entry.read(result, True)
 
     def _guard(self, jobs: Sequence[_Job]) -> Callable[[], Awaitable[None]]:
         """Runs just before a request goes out: note when it was sent, and keep the leases of
@@ -523,22 +586,20 @@ class Worker:
                 return paused
         return None
 
-    def _chunks(
-        self, entries: list[tuple[_Job, list[plan.Step]]]
-    ) -> Iterator[list[tuple[_Job, list[plan.Step]]]]:
-        """Group entries so that no batch exceeds 50 commands or BATCH_MAX_BYTES; a job's
+    def _chunks(self, entries: list[_Entry]) -> Iterator[list[_Entry]]:
+        """Group entries so that no batch exceeds 50 commands or BATCH_MAX_BYTES; an entry's
         commands stay together in one batch."""
-        chunk: list[tuple[_Job, list[plan.Step]]] = []
+        chunk: list[_Entry] = []
         count = size = 0
-        for job, steps in entries:
-            job_size = batch_body_bytes({s.key: s.command for s in steps})
-            over = count + len(steps) > MAX_BATCH_COMMANDS
-            if chunk and (over or size + job_size > self.config.batch_max_bytes):
+        for entry in entries:
+            entry_size = batch_body_bytes({s.key: s.command for s in entry.steps})
+            over = count + len(entry.steps) > MAX_BATCH_COMMANDS
+            if chunk and (over or size + entry_size > self.config.batch_max_bytes):
                 yield chunk
                 chunk, count, size = [], 0, 0
-            chunk.append((job, steps))
-            count += len(steps)
-            size += job_size
+            chunk.append(entry)
+            count += len(entry.steps)
+            size += entry_size
         if chunk:
             yield chunk
 

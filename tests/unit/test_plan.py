@@ -47,9 +47,10 @@ def submission(
 
 def test_a_quote_is_marked_and_looked_up_by_its_custom_field_not_origin_id() -> None:
     pkg = plan.package(submission({"quote": {"TITLE": "Q"}}, main="quote", unknown=True))
-    [lookup] = plan.lookups(pkg, identity=IDENTITY, known={})
+    assert plan.origin_roles(pkg, known={}) == ["quote"]
+    lookup = plan.origin_lookup("quote", ["sub-1", "sub-2"], identity=IDENTITY, key="o")
     assert lookup.method == "crm.quote.list"
-    assert lookup.params["filter"] == {"=UF_CRM_B24FG_ORIGIN": "sub-1"}
+    assert lookup.params["filter"] == {"@UF_CRM_B24FG_ORIGIN": ["sub-1", "sub-2"]}
     assert "UF_CRM_B24FG_ORIGIN" in lookup.params["select"]  # type: ignore[operator]
     [add] = plan.creates(pkg, identity=IDENTITY, known={}, prefix="").steps
     fields = add.params["fields"]
@@ -57,16 +58,36 @@ def test_a_quote_is_marked_and_looked_up_by_its_custom_field_not_origin_id() -> 
     assert fields["UF_CRM_B24FG_ORIGIN"] == "sub-1" and "ORIGIN_ID" not in fields
 
 
+def test_one_look_up_serves_many_submissions_and_maps_rows_back_by_their_marker() -> None:
+    lookup = plan.origin_lookup("lead", ["a", "b", "c"], identity=IDENTITY, key="o")
+    assert lookup.params["filter"] == {
+        "@ORIGIN_ID": ["a", "b", "c"],
+        "=ORIGINATOR_ID": "b24-form-gateway",
+    }
+    rows = [
+        {"ID": "7", "ORIGIN_ID": "b", "ORIGINATOR_ID": "b24-form-gateway"},
+        {"ID": "5", "ORIGIN_ID": "b", "ORIGINATOR_ID": "b24-form-gateway"},
+        {"ID": "9", "ORIGIN_ID": "c", "ORIGINATOR_ID": "b24-form-gateway"},
+    ]
+    found = plan.origin_rows("lead", rows, ["a", "b", "c"], identity=IDENTITY)
+    assert found == plan.OriginRows({"b": 5, "c": 9}, foreign=False, complete=True)
+    full = [
+        {"ID": str(i), "ORIGIN_ID": "b", "ORIGINATOR_ID": "b24-form-gateway"} for i in range(50)
+    ]
+    assert not plan.origin_rows("lead", full, ["a", "b"], identity=IDENTITY).complete
+
+
 def test_a_look_up_never_adopts_a_row_whose_marker_differs() -> None:
-    """A portal that dropped the filter returns every row: none of them is ours."""
-    pkg = plan.package(submission({"quote": {"TITLE": "Q"}}, main="quote", unknown=True))
+    """A portal that dropped the filter returns every row: none of them is ours, and the
+    answer proves nothing about absence either."""
     everyone = [{"ID": "3", "UF_CRM_B24FG_ORIGIN": None}, {"ID": "4", "UF_CRM_B24FG_ORIGIN": "x"}]
-    assert plan.resolve(pkg, {"origin:quote": everyone}, identity=IDENTITY) == {}
-    ours = [*everyone, {"ID": "9", "UF_CRM_B24FG_ORIGIN": "sub-1"}]
-    assert plan.resolve(pkg, {"origin:quote": ours}, identity=IDENTITY) == {"quote": 9}
-    lead = plan.package(submission({"lead": {"TITLE": "L"}}, main="lead", unknown=True))
+    rows = plan.origin_rows("quote", everyone, ["sub-1"], identity=IDENTITY)
+    assert rows.found == {} and rows.foreign
+    ours = [{"ID": "9", "UF_CRM_B24FG_ORIGIN": "sub-1"}]
+    assert plan.origin_rows("quote", ours, ["sub-1"], identity=IDENTITY).found == {"sub-1": 9}
     foreign = [{"ID": "5", "ORIGIN_ID": "sub-1", "ORIGINATOR_ID": "another-app"}]
-    assert plan.resolve(lead, {"origin:lead": foreign}, identity=IDENTITY) == {}
+    rows = plan.origin_rows("lead", foreign, ["sub-1"], identity=IDENTITY)
+    assert rows.found == {} and rows.foreign
 
 
 def test_a_deal_gets_its_company_by_update_after_the_add() -> None:
