@@ -93,6 +93,7 @@ def build_client(
         connect_timeout_seconds=settings.BITRIX_CONNECT_TIMEOUT_SECONDS,
         rate_per_second=settings.BITRIX_RATE_PER_SECOND,
         burst=settings.BITRIX_BURST,
+        operating_budget_seconds=settings.BITRIX_OPERATING_BUDGET_SECONDS or None,
         transport=transport,
         observer=metrics,
     )

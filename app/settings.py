@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     BITRIX_CONNECT_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
     BITRIX_RATE_PER_SECOND: float = Field(default=2.0, gt=0)
     BITRIX_BURST: int = Field(default=50, ge=1)
+    # The portal's execution budget per method over 10 minutes (docs example: 480 s); a method
+    # that nears it is paused until the portal's reset time; 0 = only react to refusals.
+    BITRIX_OPERATING_BUDGET_SECONDS: float = Field(default=480.0, ge=0)
 
     # --- delivery worker ---
     WORKER_POLL_SECONDS: float = Field(default=1.0, gt=0)

@@ -35,6 +35,7 @@ log = logging.getLogger("app.bitrix")
 
 MAX_BATCH_COMMANDS = 50
 RATE_MARGIN = 0.97
+OPERATING_MARGIN = 0.9
 OPERATION_LIMIT_DEFAULT_SECONDS = 60.0
 EXCERPT_CHARS = 300
 USER_AGENT = "b24-form-gateway/0.1"
@@ -94,10 +95,15 @@ class BitrixClient:
         connect_timeout_seconds: float = 10.0,
         rate_per_second: float = 2.0,
         burst: int = 50,
+        operating_budget_seconds: float | None = 480.0,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: RequestObserver | None = None,
     ) -> None:
         self._observer = observer
+        # The portal's per-method execution budget over 10 minutes (§4.2; 480 s in the docs'
+        # example): a method whose `operating` nears it is paused until `operating_reset_at`,
+        # before the portal refuses it with OPERATION_TIME_LIMIT. None: only react to refusals.
+        self._operating_budget = operating_budget_seconds
         self._base = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=connect_timeout_seconds),
@@ -173,10 +179,8 @@ class BitrixClient:
                 self._failed(classified)
             out.errors[key] = classified
         for key, item in times.items():
-            method = commands.get(key, "").split("?", 1)[0]
-            reset_at = _as_map(item).get("operating_reset_at")
-            if method and isinstance(reset_at, int | float):
-                self._operating_reset_at[method] = float(reset_at)
+            if method := commands.get(key, "").split("?", 1)[0]:
+                self._note_time(method, _as_map(item))
         return out
 
     def assume_bucket_full(self) -> None:
@@ -308,12 +312,31 @@ class BitrixClient:
                     reset_at=self._operating_reset_at.get(method),
                 )
             )
-        time_info = _as_map(body.get("time"))
-        reset_at = time_info.get("operating_reset_at")
-        if isinstance(reset_at, int | float):
-            self._operating_reset_at[method] = float(reset_at)
+        if method != "batch":  # the outer batch is not metered; its commands are (§4.2)
+            self._note_time(method, _as_map(body.get("time")))
         self.last_success_at = time.time()
         return body
+
+    def _note_time(self, method: str, info: Mapping[str, object]) -> None:
+        """Keep a method's execution budget in view from its `time` object (§2.1, §4.2)."""
+        reset_at = info.get("operating_reset_at")
+        if not isinstance(reset_at, int | float):
+            return
+        self._operating_reset_at[method] = float(reset_at)
+        operating = info.get("operating")
+        budget = self._operating_budget
+        if (
+            budget is not None
+            and isinstance(operating, int | float)
+            and operating + 1e-6 >= budget * OPERATING_MARGIN
+            and reset_at > time.time()
+        ):
+            if self._blocked_until.get(method, 0.0) < reset_at:
+                log.warning(
+                    "portal.method_paused",
+                    extra={"method": method, "operating": operating, "until": reset_at},
+                )
+            self._blocked_until[method] = max(self._blocked_until.get(method, 0.0), reset_at)
 
     def _failed(self, error: BitrixError) -> BitrixError:
         self.last_failure_at = time.time()
