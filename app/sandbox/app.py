@@ -26,6 +26,7 @@ from app.sandbox.viewer import render_page
 _Updater = Callable[[Mapping[str, object]], dict[str, object]]
 # Where the server's own `send` is kept, to reach the connection (see DroppedConnection).
 _RAW_SEND = "sandbox.raw_send"
+_BUCKET_BODY = 'body must be {"full": true} or {"full": false}'
 
 
 class _EmulatorApp(Starlette):
@@ -109,6 +110,23 @@ def create_emulator_app(
             return JSONResponse(emu.config_snapshot())
         return await _apply(request, emu.update_config)
 
+    async def bucket(request: Request) -> Response:
+        # {"full": true} fills the leaky bucket to its burst, {"full": false} empties it.
+        if request.method == "POST":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or set(body) != {"full"}:
+                return JSONResponse({"error": _BUCKET_BODY}, 400)
+            if body["full"] is True:
+                emu.fill_bucket()
+            elif body["full"] is False:
+                emu.empty_bucket()
+            else:
+                return JSONResponse({"error": _BUCKET_BODY}, 400)
+        return JSONResponse(emu.bucket_snapshot())
+
     app = _EmulatorApp(
         routes=[
             Route("/", viewer, methods=["GET"]),
@@ -119,6 +137,7 @@ def create_emulator_app(
             Route("/_control/reset", reset, methods=["POST"]),
             Route("/_control/faults", faults, methods=["GET", "POST"]),
             Route("/_control/config", config_endpoint, methods=["GET", "POST"]),
+            Route("/_control/bucket", bucket, methods=["GET", "POST"]),
         ]
     )
     app.state.emulator = emu

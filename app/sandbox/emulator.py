@@ -242,6 +242,23 @@ class Emulator:
             self._meter.clear()
             self._rng = random.Random(self.config.seed)  # noqa: S311 - as in __init__
 
+    def fill_bucket(self) -> None:
+        """Fill the leaky bucket to its burst now (§4.1): a portal whose other integrations keep
+        it full, so only its drain admits requests (the next one is refused at once)."""
+        with self._lock:
+            self._bucket.fill(self.config.burst)
+
+    def empty_bucket(self) -> None:
+        with self._lock:
+            self._bucket.empty()
+
+    def bucket_snapshot(self) -> dict[str, object]:
+        """The bucket's level now (drained up to this moment), its burst and drain rate."""
+        with self._lock:
+            rate = self.config.rate_per_second
+            level = self._bucket.current(rate)
+            return {"level": round(level, 3), "burst": self.config.burst, "rate_per_second": rate}
+
     def snapshot(self) -> dict[str, object]:
         """Everything a test may want to assert on, as plain JSON (no PHP-JSON shaping)."""
         with self._lock:

@@ -17,7 +17,8 @@ class LeakyBucket:
 
     A request that would lift the level above `burst` is refused and adds nothing, so with an
     empty bucket exactly `burst` requests pass at once and request `burst + 1` gets
-    QUERY_LIMIT_EXCEEDED. `rate <= 0` turns the limit off.
+    QUERY_LIMIT_EXCEEDED. `rate <= 0` turns the limit off. `fill` sets the level to the burst,
+    as on a portal whose other integrations keep its bucket full: only the drain admits requests.
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -41,8 +42,19 @@ class LeakyBucket:
         self._level += 1
         return True
 
+    def current(self, rate: float) -> float:
+        """The level now, after draining since the last request (without admitting one)."""
+        if rate <= 0:
+            return self._level
+        return max(0.0, self._level - (self._clock() - self._at) * rate)
+
     def empty(self) -> None:
         self._level = 0.0
+        self._at = self._clock()
+
+    def fill(self, burst: int) -> None:
+        """Full from now: the next request is refused until the level drains by one."""
+        self._level = float(burst)
         self._at = self._clock()
 
 
