@@ -8,8 +8,10 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
-from app.store import Status, Store
+from app.store import AttemptRecord, Outcome, Status, Store, create_engine
+from tests.backlog import enqueue_leads
 from tests.conftest import Gateway, Portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
@@ -58,3 +60,40 @@ async def test_a_down_portal_is_probed_not_hammered_and_the_backlog_goes_when_it
     assert ready["portal"]["breaker"] == {"state": "closed"}
     assert "gateway_portal_breaker_open 0.0" in metrics
     assert Counter(r["ORIGIN_ID"] for r in portal.records("lead")) == Counter(ids)
+
+
+async def test_when_the_portal_answers_again_what_waited_for_it_is_due_at_once(
+    portal: Portal, make_gateway: MakeGateway, database_url: str
+) -> None:
+    """Submissions backed off for minutes because the portal was down (before the breaker
+    opened) are released the moment it answers; one whose answer was lost keeps its wait."""
+    ids = await enqueue_leads(database_url, 30)
+    store = Store(create_engine(database_url))
+    try:
+        now = datetime.now(UTC)
+        claimed = await store.claim_due(now=now, limit=50, lease=timedelta(seconds=1))
+        later = now + timedelta(minutes=10)
+        outcomes = [
+            Outcome(
+                s.id,
+                AttemptRecord(1, now, now, "retry", "Unavailable", "503"),
+                next_attempt_at=later,
+                error="503 page",
+                outcome_unknown=s.id == ids[0],  # this one may still be running
+            )
+            for s in claimed
+        ]
+        await store.record_outcomes(outcomes, now=now)
+    finally:
+        await store.engine.dispose()
+    portal.faults(outage=True)
+    gateway = await make_gateway(portal, BREAKER_MAX_PROBE_SECONDS=0.5)
+    async with gateway.client() as client:
+        fresh = (await client.post("/forms/contact", data={"phone": "+15558990000"})).json()["id"]
+    store = await gateway.store()
+    await wait_for(lambda: any(r["method"] == "profile" for r in portal.state()["requests"]))
+    portal.faults(outage=False)
+    await wait_for(lambda: all_delivered(store, [fresh, *ids[1:]]), within=10, interval=0.05)
+    waiting = await store.get(ids[0])
+    assert waiting is not None and waiting.status is Status.DELIVERING
+    assert waiting.next_attempt_at == later

@@ -137,3 +137,28 @@ async def test_a_retry_by_hand_requeues_failed_ones_and_restarts_the_horizon(sto
     rows = await store.claim_due(now=later, limit=5, lease=LEASE)
     assert {r.id for r in rows} == {"a", "b"}
     assert all(r.horizon_start == later for r in rows)
+
+
+async def test_release_backlog_frees_only_what_waited_for_the_portal(store: Store) -> None:
+    for name in ("down", "unknown", "rejected", "leased"):
+        await store.enqueue(new(name), now=T0)
+    claimed = await store.claim_due(now=T0, limit=10, lease=LEASE)
+    later = T0 + timedelta(minutes=10)
+
+    def outcome(submission_id: str, code: str, *, unknown: bool = False) -> Outcome:
+        record = AttemptRecord(1, T0, T0, "retry", code)
+        return Outcome(submission_id, record, next_attempt_at=later, outcome_unknown=unknown)
+
+    await store.record_outcomes(
+        [
+            outcome("down", "Unavailable"),
+            outcome("unknown", "Unreachable", unknown=True),
+            outcome("rejected", "ERROR_CORE"),
+        ],
+        now=T0,
+    )
+    assert {s.id for s in claimed} == {"down", "unknown", "rejected", "leased"}
+    released = await store.release_backlog(now=T0, codes=["Unavailable", "Unreachable"])
+    assert released == 1
+    due = {s.id for s in await store.claim_due(now=T0, limit=10, lease=LEASE)}
+    assert due == {"down"}  # "leased" is still held by its worker

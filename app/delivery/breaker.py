@@ -15,6 +15,10 @@ from datetime import datetime, timedelta
 
 from app.bitrix import BitrixError, OutcomeUnknown, Unavailable, Unreachable
 
+# The error labels of "nothing ran: the portal as a whole could not take it": submissions that
+# failed only so are released at once when the portal answers again.
+PORTAL_DOWN_LABELS = ("Unreachable", "Unavailable", "OVERLOAD_LIMIT", "QUERY_LIMIT_EXCEEDED")
+
 
 def portal_down(error: BitrixError | None) -> bool:
     """A failure of the portal as a whole, not of one submission."""

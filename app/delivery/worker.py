@@ -32,7 +32,7 @@ from app.bitrix import (
     batch_body_bytes,
 )
 from app.delivery import plan
-from app.delivery.breaker import Breaker, portal_down
+from app.delivery.breaker import PORTAL_DOWN_LABELS, Breaker, portal_down
 from app.delivery.marker import DEFAULT_QUOTE_FIELD, userfield_add_params
 from app.delivery.retry import RetryPolicy
 from app.metrics import Metrics
@@ -204,20 +204,23 @@ class Worker:
                     self._breaker_metrics("down")
                     now = self.clock()
                 else:
-                    self._portal_back()  # it answers; what it said is for the deliveries
+                    await self._portal_back()  # it answers; what it said is for deliveries
             else:
-                self._portal_back()
+                await self._portal_back()
         if not self.breaker.open or self.breaker.next_probe_at is None:
             return 0.0
         wait = (self.breaker.next_probe_at - now).total_seconds()
         return max(0.0, min(wait, self.config.poll_seconds))
 
-    def _portal_back(self) -> None:
+    async def _portal_back(self) -> None:
+        """The portal answers again: the whole backlog that waited for it is due at once."""
+        now = self.clock()
         opened = self.breaker.opened_at
-        down = (self.clock() - opened).total_seconds() if opened else 0.0
+        down = (now - opened).total_seconds() if opened else 0.0
         self.breaker.close()
         self._breaker_metrics("up")
-        log.warning("portal.back", extra={"down_ms": int(down * 1000)})
+        released = await self.store.release_backlog(now=now, codes=PORTAL_DOWN_LABELS)
+        log.warning("portal.back", extra={"down_ms": int(down * 1000), "released": released})
 
     def _breaker_metrics(self, probe: str) -> None:
         if self.metrics is not None:

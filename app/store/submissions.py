@@ -366,6 +366,24 @@ class Store:
                 .values(lease_until=until)
             )
 
+    async def release_backlog(self, *, now: datetime, codes: Sequence[str]) -> int:
+        """Make due now every submission that waits only because the portal was down: its last
+        error has one of `codes` and no outcome is unknown (those keep their wait). Returns
+        how many were released."""
+        async with self._writer.begin() as conn:
+            result = await conn.execute(
+                update(submissions)
+                .where(
+                    submissions.c.status == Status.DELIVERING.value,
+                    submissions.c.lease_until.is_(None),
+                    submissions.c.outcome_unknown.is_(False),
+                    submissions.c.next_attempt_at > now,
+                    submissions.c.last_error_code.in_(list(codes)),
+                )
+                .values(next_attempt_at=now, updated_at=now)
+            )
+            return int(result.rowcount)
+
     async def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> None:
         """Record what one delivery pass did to each submission, in one transaction.
 
