@@ -27,6 +27,7 @@ from app.bitrix import (
     OperationTimeLimit,
     OutcomeUnknown,
     PermanentError,
+    RateLimited,
     Refused,
     RejectedError,
     batch_body_bytes,
@@ -116,6 +117,10 @@ class _Entry:
     read: Callable[[BatchResult, bool], bool]
 
 
+def _not_about_it(error: BitrixError) -> bool:
+    return portal_down(error) or isinstance(error, RateLimited | Halted)
+
+
 def _clear(entry: _Entry) -> bool:
     return all(job.error is None for job in entry.jobs)
 
@@ -142,6 +147,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._quote_marker_ready = False
+        self._backlog_released = False
         self.breaker = Breaker(max_probe_seconds=self.config.probe_max_seconds)
 
     def wake(self) -> None:
@@ -220,6 +226,7 @@ class Worker:
         self.breaker.close()
         self._breaker_metrics("up")
         released = await self.store.release_backlog(now=now, codes=PORTAL_DOWN_LABELS)
+        self._backlog_released = True
         log.warning("portal.back", extra={"down_ms": int(down * 1000), "released": released})
 
     def _breaker_metrics(self, probe: str) -> None:
@@ -256,7 +263,15 @@ class Worker:
         await self._create([j for j in jobs if j.error is None])
         now = self.clock()
         down = next((job.error for job in jobs if portal_down(job.error)), None)
+        if down is None and not self._backlog_released:
+            # The portal answers: whatever waited only for it (backed off during an outage
+            # this worker did not see, e.g. before a restart) is due at once.
+            self._backlog_released = True
+            released = await self.store.release_backlog(now=now, codes=PORTAL_DOWN_LABELS)
+            if released:
+                log.info("delivery.backlog_released", extra={"released": released})
         if down is not None:
+            self._backlog_released = False
             # The portal as a whole is down: probe it instead of spending attempts (breaker).
             if not self.breaker.open:
                 log.warning("portal.down", extra={"error_code": down.label})
@@ -635,9 +650,11 @@ class Worker:
             now=now,
             rng=self.rng,
         )
-        if next_at is not None and (changed is not None or portal_down(error)):
-            # Only the trace step is left, with a different trace or links; or the portal was
-            # down: due at once, and the breaker holds every claim until it answers again.
+        if next_at is not None and (changed is not None or _not_about_it(error)):
+            # Due at once: only the trace step is left, with a different trace or links; or
+            # the failure was not about this submission (the portal down: the breaker holds
+            # every claim until it answers; its bucket full: ours paces the next request;
+            # another submission halted the batch).
             next_at = now
         if next_at is not None and job.wait_until is not None:
             # The portal may still be running the lost request: nothing before it is over.
