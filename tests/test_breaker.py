@@ -97,3 +97,36 @@ async def test_when_the_portal_answers_again_what_waited_for_it_is_due_at_once(
     waiting = await store.get(ids[0])
     assert waiting is not None and waiting.status is Status.DELIVERING
     assert waiting.next_attempt_at == later
+
+
+async def test_a_worker_that_starts_releases_what_an_earlier_one_backed_off_for_the_portal(
+    portal: Portal, make_gateway: MakeGateway, database_url: str
+) -> None:
+    """Backed off for ten minutes by a worker that then stopped, while the portal was down:
+    a new worker makes them due at once; a rejected one keeps its schedule."""
+    ids = await enqueue_leads(database_url, 12)
+    store = Store(create_engine(database_url))
+    try:
+        now = datetime.now(UTC)
+        claimed = await store.claim_due(now=now, limit=50, lease=timedelta(seconds=1))
+        later = now + timedelta(minutes=10)
+        codes = {s.id: "Unreachable" if s.id != ids[0] else "ERROR_CORE" for s in claimed}
+        await store.record_outcomes(
+            [
+                Outcome(
+                    sid,
+                    AttemptRecord(1, now, now, "retry", code, "x"),
+                    next_attempt_at=later,
+                    error="x",
+                )
+                for sid, code in codes.items()
+            ],
+            now=now,
+        )
+    finally:
+        await store.engine.dispose()
+    gateway = await make_gateway(portal)
+    store = await gateway.store()
+    await wait_for(lambda: all_delivered(store, ids[1:]), within=10, interval=0.05)
+    kept = await store.get(ids[0])
+    assert kept is not None and kept.status is Status.DELIVERING and kept.next_attempt_at == later

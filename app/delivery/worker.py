@@ -175,8 +175,11 @@ class Worker:
                     if await leadership.hold():
                         if not leading:
                             # Whatever the previous worker sent still fills the portal's
-                            # bucket: start as if it were full (docs/bitrix24.md §4.1).
+                            # bucket: start as if it were full (docs/bitrix24.md §4.1). What
+                            # the previous worker backed off because the portal was down is
+                            # due now: if the portal is still down, the breaker finds out.
                             self.client.assume_bucket_full()
+                            await self._release_backlog()
                         standing_by, leading = False, True
                         if self.breaker.open:
                             pause = await self._probe_if_due()
@@ -225,9 +228,15 @@ class Worker:
         down = (now - opened).total_seconds() if opened else 0.0
         self.breaker.close()
         self._breaker_metrics("up")
-        released = await self.store.release_backlog(now=now, codes=PORTAL_DOWN_LABELS)
+        log.warning("portal.back", extra={"down_ms": int(down * 1000)})
+        await self._release_backlog()
+
+    async def _release_backlog(self) -> None:
+        """Make due every submission that waits only because the portal was down."""
         self._backlog_released = True
-        log.warning("portal.back", extra={"down_ms": int(down * 1000), "released": released})
+        released = await self.store.release_backlog(now=self.clock(), codes=PORTAL_DOWN_LABELS)
+        if released:
+            log.info("delivery.backlog_released", extra={"released": released})
 
     def _breaker_metrics(self, probe: str) -> None:
         if self.metrics is not None:
@@ -264,12 +273,8 @@ class Worker:
         now = self.clock()
         down = next((job.error for job in jobs if portal_down(job.error)), None)
         if down is None and not self._backlog_released:
-            # The portal answers: whatever waited only for it (backed off during an outage
-            # this worker did not see, e.g. before a restart) is due at once.
-            self._backlog_released = True
-            released = await self.store.release_backlog(now=now, codes=PORTAL_DOWN_LABELS)
-            if released:
-                log.info("delivery.backlog_released", extra={"released": released})
+            # The portal answers again: whatever waited only for it is due at once.
+            await self._release_backlog()
         if down is not None:
             self._backlog_released = False
             # The portal as a whole is down: probe it instead of spending attempts (breaker).
