@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.netaddr import is_loopback_host
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/gateway.db"
 # A custom CRM field code as crm.*.userfield.add makes it (UF_CRM_ + A-Z 0-9 _, 50 at most).
 _USER_FIELD_RE = re.compile(r"^UF_CRM_[A-Z0-9_]{1,43}$")
@@ -55,17 +57,6 @@ def origin_setting(value: str) -> str:
 
 class SettingsError(Exception):
     """A setting has a value the gateway cannot start with; the message names the variable."""
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Settings(BaseSettings):

@@ -6,7 +6,6 @@ parsing of answers into results or classified errors. It never retries: the work
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -30,6 +29,7 @@ from app.bitrix.errors import (
     Unreachable,
     classify,
 )
+from app.netaddr import is_loopback_host
 
 log = logging.getLogger("app.bitrix")
 
@@ -219,7 +219,7 @@ class BitrixClient:
         host = (location.hostname or "").lower()
         if not location.scheme and not host:
             host, location = current.hostname or "", current  # a relative redirect: same host
-        loopback_ok = _is_loopback(current.hostname) and _is_loopback(host)
+        loopback_ok = is_loopback_host(current.hostname) and is_loopback_host(host)
         secure = location.scheme == "https" or (location.scheme == "http" and loopback_ok)
         if not secure or not (_BITRIX24_HOST.match(host) or loopback_ok):
             # The Location is not logged: it may carry a secret; the host alone is safe.
@@ -364,17 +364,6 @@ def batch_payload(commands: Mapping[str, str], *, halt: bool) -> dict[str, objec
 def batch_body_bytes(commands: Mapping[str, str], *, halt: bool = True) -> int:
     """How many bytes a batch of these commands sends (for the request size cap)."""
     return len(json.dumps(batch_payload(commands, halt=halt)).encode())
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _kind(error: BitrixError) -> str:
