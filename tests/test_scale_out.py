@@ -141,6 +141,36 @@ async def test_kill_9_of_the_delivering_worker_mid_batch_loses_and_doubles_nothi
 
 
 @pytest.mark.slow
+async def test_a_take_over_under_the_portal_limit_costs_no_query_limit_exceeded(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The new delivering worker cannot know what its predecessor sent: it starts as if the
+    portal's bucket were full and sends at the drain rate, so the take-over is not refused."""
+    portal = new_portal(rate_per_second=5, burst=10)
+    try:
+        ids = await enqueue_leads(pg_url, 400)
+        env = env_for(
+            portal, pg_url, WORKER_BATCH_SIZE="10", BITRIX_RATE_PER_SECOND="5", BITRIX_BURST="10"
+        )
+        with processes([[CLI, "worker"]] * 2, env, tmp_path) as procs:
+            await wait_for(lambda: len(origins(portal)) >= 100, within=60)  # bucket in use
+            [leader] = [n for n in range(2) if "worker.elected" in _log(tmp_path, n)]
+            procs[leader].send_signal(signal.SIGKILL)
+            procs[leader].wait(timeout=10)
+            await wait_for(lambda: all_delivered(pg_url, 400), within=90, interval=0.5)
+        assert portal.state()["counts"].get("rejected_rate_limit", 0) == 0
+        counts = origins(portal)
+        assert [o for o, n in counts.items() if n > 1] == [] and set(counts) == set(ids)
+        assert all("worker.elected" in _log(tmp_path, n) for n in range(2))  # it took over
+    finally:
+        portal.server.stop()
+
+
+def _log(logs: Path, n: int) -> str:
+    return (logs / f"proc{n}.log").read_text()
+
+
+@pytest.mark.slow
 async def test_two_api_replicas_accept_2000_concurrent_submissions_without_loss(
     pg_url: str, tmp_path: Path
 ) -> None:
