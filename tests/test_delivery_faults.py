@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.store import Status, Store
+from app.store import AttemptRecord, Outcome, Status, Store, create_engine
+from tests.backlog import enqueue_leads
 from tests.conftest import Gateway, Portal, new_portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
@@ -125,6 +127,29 @@ async def test_after_a_lost_batch_one_list_command_looks_up_many_submissions(
     commands = [c for r in portal.state()["requests"] for c in r.get("commands", [])]
     assert commands.count("crm.lead.add") == 40
     assert commands.count("crm.lead.list") == 2  # 25 submissions a look-up, not one each
+
+
+async def test_creates_that_need_no_look_up_ride_with_the_look_ups_of_others(
+    portal: Portal, make_gateway: MakeGateway, database_url: str
+) -> None:
+    ids = await enqueue_leads(database_url, 11)
+    store = Store(create_engine(database_url))
+    try:
+        now = datetime.now(UTC)
+        [unsure] = await store.claim_due(now=now, limit=1, lease=timedelta(seconds=1))
+        record = AttemptRecord(1, now, now, "retry", "OutcomeUnknown", "lost")
+        outcome = Outcome(unsure.id, record, next_attempt_at=now, outcome_unknown=True)
+        await store.record_outcomes([outcome], now=now)
+    finally:
+        await store.engine.dispose()
+    gateway = await make_gateway(portal)
+    store = await gateway.store()
+    await wait_for(lambda: all_delivered(store, ids))
+    assert origin_counts(portal) == {i: 1 for i in ids}
+    batches = [r["commands"] for r in portal.state()["requests"] if r["method"] == "batch"]
+    # The look-up for the one whose outcome was unknown, with the ten others' creates; then
+    # its own create, once the look-up proved it missing.
+    assert batches == [["crm.lead.list"] + ["crm.lead.add"] * 10, ["crm.lead.add"]]
 
 
 async def test_a_hung_answer_times_out_and_is_looked_up_not_created_again(

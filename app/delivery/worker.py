@@ -96,6 +96,7 @@ class _Job:
     wait_until: datetime | None = None  # no look-up or create before this (a lost answer)
     origin_found: dict[str, int] = field(default_factory=dict)  # records proven ours
     origin_pending: set[str] = field(default_factory=set)  # roles whose look-up is unanswered
+    rode: bool = False  # its creates went with the look-ups of others
     answers: dict[str, object] = field(default_factory=dict)  # what the match look-ups said
 
     @property
@@ -115,6 +116,7 @@ class _Entry:
     jobs: list[_Job]
     steps: list[plan.Step]
     read: Callable[[BatchResult, bool], bool]
+    writes: bool = False  # creates: a lost answer leaves their outcome unknown
 
 
 def _not_about_it(error: BitrixError) -> bool:
@@ -338,7 +340,10 @@ class Worker:
             if paused := self._paused(entry.steps):
                 for job in entry.jobs:
                     job.error = paused
-        await self._send_all([e for e in entries if _clear(e)], halt=False, writes=False)
+        batched = [e for e in entries if _clear(e)]
+        if batched:
+            batched += self._riders(active, looked_up={j for e in entries + direct for j in e.jobs})
+        await self._send_all(batched, halt=False)
         for entry in direct:
             if _clear(entry):
                 await self._send_direct(entry)
@@ -358,6 +363,20 @@ class Worker:
             job.known.update(found)
             # Every record not found is known not to exist: creating it is safe now.
             job.unknown = False
+
+    def _riders(self, jobs: Sequence[_Job], *, looked_up: set[_Job]) -> list[_Entry]:
+        """Creates that need no look-up and need no chain travel with the look-ups of others,
+        so that the look-up request is not sent half empty (§4.1: a request is a request)."""
+        riders = []
+        for job in jobs:
+            if job in looked_up or job.error is not None:
+                continue
+            job.unknown = False  # nothing to look up: every record is known, or none can exist
+            planned = self._plan_creates(job)
+            if planned is not None and planned[0] == "single":
+                job.rode = True
+                riders.append(planned[1])
+        return riders
 
     def _origin_entries(self, jobs: Sequence[_Job]) -> list[_Entry]:
         """One list command per record type finds what interrupted attempts of many
@@ -426,36 +445,42 @@ class Worker:
     # ------------------------------------------------------------------ phase 2
 
     async def _create(self, jobs: Sequence[_Job]) -> None:
-        identity = self.config.identity
         singles: list[_Entry] = []
         chains: list[_Entry] = []
         direct: list[_Entry] = []
         for job in jobs:
-            if self._waiting(job) or job.unknown:
+            if self._waiting(job) or job.unknown or job.rode:
                 # Outcome still unknown (the look-up could not run): never create blind.
                 continue
-            job.plan = plan.creates(
-                job.pkg, identity=identity, known=job.known, prefix=f"s{job.n}_"
-            )
-            steps = job.plan.steps
-            entry = _Entry([job], steps, functools.partial(self._read_steps, job, steps))
-            if paused := self._paused(steps):
-                # A method the portal blocked for a while (§4.2): wait for its
-                # reset without calling, while other methods keep flowing.
-                job.error = paused
-            elif plan.must_go_direct(steps):
-                # A value the portal would rewrite inside a batch (§0 fact 16).
-                direct.append(entry)
-            elif len(steps) == 1:
-                singles.append(entry)
-            elif steps:
-                chains.append(entry)
+            if (planned := self._plan_creates(job)) is not None:
+                kind, entry = planned
+                {"single": singles, "chain": chains, "direct": direct}[kind].append(entry)
         # Independent records: halt=0, so one rejected lead does not hold back the others.
-        await self._send_all(singles, halt=False, writes=True)
+        await self._send_all(singles, halt=False)
         # Chained records: halt=1, or a failed create would feed garbage into $result (§5.2).
-        await self._send_all(chains, halt=True, writes=True)
+        await self._send_all(chains, halt=True)
         for entry in direct:
             await self._send_direct(entry)
+
+    def _plan_creates(self, job: _Job) -> tuple[str, _Entry] | None:
+        """The job's create steps as an entry, and how it travels: "single" (one command,
+        halt=0), "chain" (halt=1) or "direct"; None when nothing is to be sent."""
+        job.plan = plan.creates(
+            job.pkg, identity=self.config.identity, known=job.known, prefix=f"s{job.n}_"
+        )
+        steps = job.plan.steps
+        if not steps:
+            return None
+        read = functools.partial(self._read_steps, job, steps)
+        entry = _Entry([job], steps, read, writes=True)
+        if paused := self._paused(steps):
+            # A method the portal blocked for a while (§4.2): wait for its reset without
+            # calling, while other methods keep flowing.
+            job.error = paused
+            return None
+        if plan.must_go_direct(steps):
+            return "direct", entry  # a value the portal would rewrite inside a batch (§0 fact 16)
+        return ("single" if len(steps) == 1 else "chain"), entry
 
     def _read_steps(
         self, job: _Job, steps: list[plan.Step], result: BatchResult, halted: bool
@@ -519,13 +544,11 @@ class Worker:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send_all(self, entries: list[_Entry], *, halt: bool, writes: bool) -> None:
+    async def _send_all(self, entries: list[_Entry], *, halt: bool) -> None:
         for chunk in self._chunks(entries):
-            await self._send_chunk(chunk, halt=halt, writes=writes)
+            await self._send_chunk(chunk, halt=halt)
 
-    async def _send_chunk(
-        self, chunk: list[_Entry], *, halt: bool, writes: bool, split: bool = True
-    ) -> bool:
+    async def _send_chunk(self, chunk: list[_Entry], *, halt: bool, split: bool = True) -> bool:
         """One batch request; False when it was refused as a whole in front of the portal.
 
         Such a refusal (a WAF's page, 413, 414) ran nothing: the batch is split in halves and
@@ -540,19 +563,20 @@ class Worker:
             if len(chunk) > 1 and split:
                 half = len(chunk) // 2
                 first, second = chunk[:half], chunk[half:]
-                if await self._send_chunk(first, halt=halt, writes=writes):
-                    await self._send_chunk(second, halt=halt, writes=writes)
+                if await self._send_chunk(first, halt=halt):
+                    await self._send_chunk(second, halt=halt)
                     return True
-                return await self._send_chunk(second, halt=halt, writes=writes, split=False)
+                return await self._send_chunk(second, halt=halt, split=False)
             for job in jobs:
                 job.error = exc
             return False
         except BitrixError as exc:
-            for job in jobs:
-                job.error = exc
-                if writes and isinstance(exc, OutcomeUnknown):
-                    job.unknown = True
-                    self._lost(job, exc)
+            for entry in chunk:
+                for job in entry.jobs:
+                    job.error = exc
+                    if entry.writes and isinstance(exc, OutcomeUnknown):
+                        job.unknown = True
+                        self._lost(job, exc)
             return True
         halted = False
         for entry in chunk:
