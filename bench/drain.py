@@ -271,6 +271,18 @@ async def seed_tries(engine: AsyncEngine, count: int, since: datetime, seconds: 
         await conn.execute(statement, rows)
 
 
+async def finish(
+    emulator: Emulator, portal: RunningServer, gateway: RunningServer, store: Store
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Stop the gateway and the portal; the portal's state and when each was delivered."""
+    state: dict[str, Any] = emulator.snapshot()
+    await asyncio.to_thread(gateway.stop)
+    portal.stop()
+    done = await deliveries(store.engine)
+    await store.engine.dispose()
+    return state, done
+
+
 async def run(
     leads: int, rate: float, burst: int, entity: str, limit_seconds: float = 900.0
 ) -> dict[str, object]:
@@ -286,12 +298,8 @@ async def run(
     store = Store(create_engine(db_url))
     finished = await wait_delivered(store, leads, limit_seconds)
     elapsed = time.monotonic() - started
-    state: dict[str, Any] = emulator.snapshot()
-    await asyncio.to_thread(gateway.stop)
-    portal.stop()
-    done = await deliveries(store.engine)
+    state, done = await finish(emulator, portal, gateway, store)
     times = sorted(done.values())
-    await store.engine.dispose()
 
     requests = [r for r in state["requests"] if r["method"] == "batch"]
     times_called = sorted(float(r["at"]) for r in requests)
@@ -370,12 +378,8 @@ async def run_after_outage(
     emulator.update_faults({"outage": False})
     finished = await wait_delivered(store, leads, limit_seconds)
     drained_s = time.time() - back_at
-    state: dict[str, Any] = emulator.snapshot()
-    await asyncio.to_thread(gateway.stop)
-    portal.stop()
-    done = await deliveries(store.engine)
+    state, done = await finish(emulator, portal, gateway, store)
     times = sorted(done.values())
-    await store.engine.dispose()
 
     log: list[dict[str, Any]] = state["requests"]
     during = [r for r in log if r.get("fault") == "outage"]

@@ -1,11 +1,12 @@
-"""A backlog for tests: accepted leads put straight into the queue, as after an outage."""
+"""A backlog for tests: accepted leads put straight into the queue, as after an outage, and
+the tries a worker left on them."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from app.forms import load_forms, map_submission
-from app.store import NewSubmission, Store, create_engine, migrate
+from app.store import AttemptRecord, NewSubmission, Outcome, Store, create_engine, migrate
 
 
 async def enqueue_leads(db_url: str, count: int) -> list[str]:
@@ -33,3 +34,33 @@ async def enqueue_leads(db_url: str, count: int) -> list[str]:
         ids.append(submission_id)
     await engine.dispose()
     return ids
+
+
+async def back_off(
+    db_url: str,
+    codes: dict[str, str],
+    *,
+    until: datetime,
+    unknown: frozenset[str] = frozenset(),
+) -> None:
+    """Record one failed try of every queued submission (`codes`: id -> error code), as a
+    worker leaves it: due again at `until`; those in `unknown` with their outcome unknown."""
+    engine = create_engine(db_url)
+    store = Store(engine)
+    try:
+        now = datetime.now(UTC)
+        claimed = await store.claim_due(now=now, limit=10_000, lease=timedelta(seconds=1))
+        assert {s.id for s in claimed} == set(codes), "back_off: name every queued submission"
+        outcomes = [
+            Outcome(
+                s.id,
+                AttemptRecord(1, now, now, "retry", codes[s.id], "a failed try"),
+                next_attempt_at=until,
+                error="a failed try",
+                outcome_unknown=s.id in unknown,
+            )
+            for s in claimed
+        ]
+        await store.record_outcomes(outcomes, now=now)
+    finally:
+        await engine.dispose()

@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from app.store import AttemptRecord, Outcome, Status, Store, create_engine
-from tests.backlog import enqueue_leads
+from app.store import Status, Store
+from tests.backlog import back_off, enqueue_leads
 from tests.conftest import Gateway, Portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
@@ -68,24 +68,11 @@ async def test_when_the_portal_answers_again_what_waited_for_it_is_due_at_once(
     """Submissions backed off for minutes because the portal was down (before the breaker
     opened) are released the moment it answers; one whose answer was lost keeps its wait."""
     ids = await enqueue_leads(database_url, 30)
-    store = Store(create_engine(database_url))
-    try:
-        now = datetime.now(UTC)
-        claimed = await store.claim_due(now=now, limit=50, lease=timedelta(seconds=1))
-        later = now + timedelta(minutes=10)
-        outcomes = [
-            Outcome(
-                s.id,
-                AttemptRecord(1, now, now, "retry", "Unavailable", "503"),
-                next_attempt_at=later,
-                error="503 page",
-                outcome_unknown=s.id == ids[0],  # this one may still be running
-            )
-            for s in claimed
-        ]
-        await store.record_outcomes(outcomes, now=now)
-    finally:
-        await store.engine.dispose()
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    # The first may still be running in the portal: its answer was lost.
+    await back_off(
+        database_url, dict.fromkeys(ids, "Unavailable"), until=later, unknown=frozenset(ids[:1])
+    )
     portal.faults(outage=True)
     gateway = await make_gateway(portal, BREAKER_MAX_PROBE_SECONDS=0.5)
     async with gateway.client() as client:
@@ -105,26 +92,10 @@ async def test_a_worker_that_starts_releases_what_an_earlier_one_backed_off_for_
     """Backed off for ten minutes by a worker that then stopped, while the portal was down:
     a new worker makes them due at once; a rejected one keeps its schedule."""
     ids = await enqueue_leads(database_url, 12)
-    store = Store(create_engine(database_url))
-    try:
-        now = datetime.now(UTC)
-        claimed = await store.claim_due(now=now, limit=50, lease=timedelta(seconds=1))
-        later = now + timedelta(minutes=10)
-        codes = {s.id: "Unreachable" if s.id != ids[0] else "ERROR_CORE" for s in claimed}
-        await store.record_outcomes(
-            [
-                Outcome(
-                    sid,
-                    AttemptRecord(1, now, now, "retry", code, "x"),
-                    next_attempt_at=later,
-                    error="x",
-                )
-                for sid, code in codes.items()
-            ],
-            now=now,
-        )
-    finally:
-        await store.engine.dispose()
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    await back_off(
+        database_url, {i: "ERROR_CORE" if i == ids[0] else "Unreachable" for i in ids}, until=later
+    )
     gateway = await make_gateway(portal)
     store = await gateway.store()
     await wait_for(lambda: all_delivered(store, ids[1:]), within=10, interval=0.05)

@@ -163,17 +163,9 @@ def classify(
     (an HTML page from a proxy, a WAF, nginx).
     """
     cls, settled = _class_for(code, description, http_status, portal_json=portal_json)
-    kwargs: dict[str, Any] = {
-        "code": code,
-        "http_status": http_status,
-        "excerpt": excerpt,
-        "method": method,
-    }
-    error = (
-        cls(description, settled=settled, **kwargs)
-        if cls is OutcomeUnknown
-        else cls(description, **kwargs)
-    )
+    error = cls(description, code=code, http_status=http_status, excerpt=excerpt, method=method)
+    if isinstance(error, OutcomeUnknown):
+        error.settled = settled
     if isinstance(error, OperationTimeLimit):
         error.reset_at = reset_at
     return error

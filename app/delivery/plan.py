@@ -394,11 +394,6 @@ def with_ids(params: Mapping[str, object], results: Mapping[str, object]) -> dic
 # --------------------------------------------------------------------------- results
 
 
-def found_id(result: object) -> int | None:
-    """The lowest id in a list result (rows come back with string ids, §2.2), or None."""
-    return _lowest_id(_rows(result))
-
-
 def created_id(result: object) -> int | None:
     """An id as the portal returns it (an integer from add, a string from list), else None."""
     if isinstance(result, bool):

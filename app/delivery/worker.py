@@ -15,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Literal
 
 from app.bitrix import (
     MAX_BATCH_COMMANDS,
@@ -40,7 +40,6 @@ from app.metrics import Metrics
 from app.store import AttemptRecord, Leadership, Outcome, Store, Submission
 
 log = logging.getLogger("app.delivery")
-T = TypeVar("T")
 # A lease is stretched only when it would end sooner than this before the portal could still
 # be running a request: one write covers the requests of the next few seconds.
 LEASE_SLACK_SECONDS = 5.0
@@ -211,9 +210,9 @@ class Worker:
                 await self.client.call("profile")
             except BitrixError as exc:
                 if portal_down(exc):
-                    self.breaker.trip(exc, now=self.clock(), rng=self.rng)
-                    self._breaker_metrics("down")
                     now = self.clock()
+                    self._trip(exc, now=now)
+                    self._count_probe("down")
                 else:
                     await self._portal_back()  # it answers; what it said is for deliveries
             else:
@@ -229,7 +228,9 @@ class Worker:
         opened = self.breaker.opened_at
         down = (now - opened).total_seconds() if opened else 0.0
         self.breaker.close()
-        self._breaker_metrics("up")
+        if self.metrics is not None:
+            self.metrics.breaker_open.set(0)
+        self._count_probe("up")
         log.warning("portal.back", extra={"down_ms": int(down * 1000)})
         await self._release_backlog()
 
@@ -240,10 +241,18 @@ class Worker:
         if released:
             log.info("delivery.backlog_released", extra={"released": released})
 
-    def _breaker_metrics(self, probe: str) -> None:
+    def _trip(self, error: BitrixError, *, now: datetime) -> None:
+        """The portal as a whole is down: probe it instead of spending attempts."""
+        if not self.breaker.open:
+            log.warning("portal.down", extra={"error_code": error.label})
+        self.breaker.trip(error, now=now, rng=self.rng)
+        self._backlog_released = False
         if self.metrics is not None:
-            self.metrics.breaker_probes.labels(result=probe).inc()
-            self.metrics.breaker_open.set(1 if self.breaker.open else 0)
+            self.metrics.breaker_open.set(1)
+
+    def _count_probe(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.breaker_probes.labels(result=result).inc()
 
     async def run_once(self) -> int:
         """Claim one batch of due submissions and deliver it; returns how many were claimed."""
@@ -278,13 +287,7 @@ class Worker:
             # The portal answers again: whatever waited only for it is due at once.
             await self._release_backlog()
         if down is not None:
-            self._backlog_released = False
-            # The portal as a whole is down: probe it instead of spending attempts (breaker).
-            if not self.breaker.open:
-                log.warning("portal.down", extra={"error_code": down.label})
-            self.breaker.trip(down, now=now, rng=self.rng)
-            if self.metrics is not None:
-                self.metrics.breaker_open.set(1)
+            self._trip(down, now=now)
         outcomes = [self._outcome(job, started=started, now=now) for job in jobs]
         await self.store.record_outcomes(outcomes, now=now)
         if self.metrics is not None:
