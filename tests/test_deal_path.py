@@ -279,3 +279,25 @@ async def test_a_rejected_trace_is_retried_alone_with_a_utm_only_trace(
     commands = [c for r in portal.state()["requests"] for c in r.get("commands", [])]
     assert commands.count("crm.deal.add") == 1
     assert commands.count("crm.tracking.trace.add") == 2
+
+
+async def test_a_trace_refused_even_with_utm_only_leaves_the_records_delivered_and_flagged(
+    portal: Portal, gateway: Gateway
+) -> None:
+    refusal = {
+        "count": 2,
+        "status": 400,
+        "error": "ERROR_CORE",
+        "description": "Can not parse JSON in parameter `TRACE`.",
+    }
+    portal.faults(fail_methods={"crm.tracking.trace.add": refusal})
+    submission_id = await submit(gateway, "order", ORDER)
+    store = await gateway.store()
+    row = await wait_for(lambda: delivered(store, submission_id))
+    assert row.trace_problem == "trace_rejected+trace_refused"
+    assert package_traces(portal) == []  # each record keeps its own automatic trace
+    assert len(portal.records("deal")) == len(portal.records("contact")) == 1
+    assert len(portal.records("company")) == 1
+    commands = [c for r in portal.state()["requests"] for c in r.get("commands", [])]
+    assert commands.count("crm.deal.add") == 1
+    assert commands.count("crm.tracking.trace.add") == 2

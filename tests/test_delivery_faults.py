@@ -146,6 +146,24 @@ async def test_creates_that_need_no_look_up_ride_with_the_look_ups_of_others(
     assert batches == [["crm.lead.list"] + ["crm.lead.add"] * 10, ["crm.lead.add"]]
 
 
+async def test_batches_stay_under_batch_max_bytes(
+    portal: Portal, make_gateway: MakeGateway
+) -> None:
+    api_only = await make_gateway(portal, WORKER=False)
+    ids = []
+    async with api_only.client() as client:
+        for i in range(12):
+            fields = {"phone": f"+1555072{i:04d}", "message": f"{i} " + "x" * 3000}
+            ids.append((await client.post("/forms/contact", data=fields)).json()["id"])
+    delivering = await make_gateway(portal, BATCH_MAX_BYTES=16384)
+    store = await delivering.store()
+    await wait_for(lambda: all_delivered(store, ids))
+    assert origin_counts(portal) == {i: 1 for i in ids}
+    sizes = [len(r["commands"]) for r in lead_batches(portal)]
+    # About 3 KB a command: at most five fit under 16 KiB, so one pass takes several calls.
+    assert sum(sizes) == 12 and max(sizes) <= 5 and len(sizes) >= 3
+
+
 async def test_a_hung_answer_times_out_and_is_looked_up_not_created_again(
     portal: Portal, make_gateway: MakeGateway
 ) -> None:

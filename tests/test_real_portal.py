@@ -34,6 +34,10 @@ entity = "deal"
 [forms.estimate]
 entity = "quote"
 required = ["name"]
+
+[forms.reorder]
+entity = "deal"
+company = "find_or_create"
 """
 FAST = {"BITRIX_RATE_PER_SECOND": 100, "BITRIX_BURST": 200}
 
@@ -251,6 +255,29 @@ async def test_back_references_in_values_reach_the_portal_as_typed(
         contact["ORIGIN_ID"] == f"{ids[7]}:contact" and company["ORIGIN_ID"] == f"{ids[7]}:company"
     )
     assert_each_once(portal, ids, 3)
+
+
+async def test_look_ups_of_values_a_batch_would_rewrite_go_direct_and_still_match(
+    portal: Portal, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    """The company to reuse is found by its exact title even when that title holds
+    back-reference syntax: the look-up goes as a direct call, not inside a batch."""
+    title = "$time[j0_phone][start] Ltd"  # inside a batch: the time the phone look-up ran
+    existing = add_record(portal, "company", {"TITLE": title})
+    add_record(portal, "company", {"TITLE": "Other Ltd"})
+    gateway = await gateway_for(make_gateway, portal, tmp_path)
+    [submission_id] = await post_all(
+        gateway, [("reorder", {"name": "Ann", "phone": "+15551113344", "company": title})]
+    )
+    store = await gateway.store()
+    await wait_for(lambda: all_delivered(store, [submission_id]), within=30, interval=0.2)
+    row = await store.get(submission_id)
+    assert row is not None and row.bitrix_ids["company"] == existing
+    assert len(portal.records("company")) == 2  # reused, not created
+    [deal] = portal.records("deal")
+    assert int(deal["COMPANY_ID"]) == existing
+    directs = [r["method"] for r in portal.state()["requests"] if r["method"] != "batch"]
+    assert "crm.company.list" in directs
 
 
 async def test_a_trace_refused_for_a_matched_contact_links_the_rest_and_is_flagged(
