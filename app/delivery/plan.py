@@ -22,7 +22,7 @@ alone proves nothing (§0 fact 13).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +228,59 @@ def lookups(pkg: Package, *, known: Mapping[str, int]) -> list[Step]:
         }
         steps.append(Step("company_title", "company", "crm.company.list", params))
     return steps
+
+
+MATCH_KEYS = ("phone", "email")  # look-ups that ask crm.duplicate.findbycomm (§7.2)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchGroup:
+    """One findbycomm command asking for the values of several submissions at once.
+
+    Its answer names ids, not which value found them (§7.2): an empty answer proves that none
+    of the members has a match; any hit sends each member back to ask on its own, so that no
+    submission is tied to a contact another one's phone found.
+    """
+
+    step: Step
+    members: tuple[int, ...]  # indexes into the list given to match_groups()
+
+
+def match_groups(asks: Sequence[Step], *, key: str) -> list[MatchGroup]:
+    """Packs findbycomm look-ups of one kind into as few commands as the 20-value limit allows
+    (§7.2), each submission's values kept together; keys are `<key>_<n>`."""
+    groups: list[MatchGroup] = []
+    values: list[str] = []
+    members: list[int] = []
+
+    def close() -> None:
+        if members:
+            first = asks[members[0]].params
+            params = {"type": first["type"], "values": list(values), "entity_type": "CONTACT"}
+            step = Step(f"{key}_{len(groups)}", "contact", "crm.duplicate.findbycomm", params)
+            groups.append(MatchGroup(step, tuple(members)))
+        values.clear()
+        members.clear()
+
+    for index, ask in enumerate(asks):
+        own = [str(v) for v in _as_values(ask.params.get("values"))]
+        fresh = [v for v in dict.fromkeys(own) if v not in values]
+        if len(values) + len(fresh) > MAX_FINDBYCOMM_VALUES:
+            close()
+            fresh = list(dict.fromkeys(own))
+        values.extend(fresh)
+        members.append(index)
+    close()
+    return groups
+
+
+def nobody_matched(result: object) -> bool:
+    """Whether a findbycomm answer found no contact at all (`[]`, or no CONTACT ids)."""
+    return _duplicate_id(result, "CONTACT") is None
+
+
+def _as_values(raw: object) -> list[object]:
+    return list(raw) if isinstance(raw, list | tuple) else []
 
 
 def resolve(

@@ -95,6 +95,7 @@ class _Job:
     wait_until: datetime | None = None  # no look-up or create before this (a lost answer)
     origin_found: dict[str, int] = field(default_factory=dict)  # records proven ours
     origin_pending: set[str] = field(default_factory=set)  # roles whose look-up is unanswered
+    match_pending: set[str] = field(default_factory=set)  # match look-ups still unanswered
     rode: bool = False  # its creates went with the look-ups of others
     answers: dict[str, object] = field(default_factory=dict)  # what the match look-ups said
 
@@ -331,27 +332,40 @@ class Worker:
         active = [job for job in jobs if not self._waiting(job)]
         entries = self._origin_entries(active)
         direct: list[_Entry] = []
+        asks: dict[str, list[tuple[_Job, plan.Step]]] = {}
         for job in active:
-            steps = [
-                plan.Step(f"j{job.n}_{step.key}", step.role, step.method, step.params)
-                for step in plan.lookups(job.pkg, known=job.known)
-            ]
-            if steps:
-                entry = _Entry([job], steps, functools.partial(self._read_matches, job, steps))
-                (direct if plan.must_go_direct(steps) else entries).append(entry)
-        for entry in entries + direct:
-            if paused := self._paused(entry.steps):
-                for job in entry.jobs:
-                    job.error = paused
+            steps = plan.lookups(job.pkg, known=job.known)
+            if plan.must_go_direct(steps):
+                direct.append(self._match_entry(job, steps))
+                continue
+            for step in steps:
+                if step.key in plan.MATCH_KEYS:
+                    asks.setdefault(step.key, []).append((job, step))
+                    job.match_pending.add(step.key)
+            own = [step for step in steps if step.key not in plan.MATCH_KEYS]
+            if own:
+                entries.append(self._match_entry(job, own))
+        retry: list[tuple[_Job, plan.Step]] = []
+        for name, pairs in asks.items():
+            for group in plan.match_groups([step for _, step in pairs], key=f"m_{name}"):
+                members = [pairs[i] for i in group.members]
+                read = functools.partial(self._read_match_group, group.step, name, members, retry)
+                jobs_asking = list(dict.fromkeys(j for j, _ in members))
+                entries.append(_Entry(jobs_asking, [group.step], read))
+        self._pause(entries + direct)
         batched = [e for e in entries if _clear(e)]
         if batched:
             batched += self._riders(active, looked_up={j for e in entries + direct for j in e.jobs})
         await self._send_all(batched, halt=False)
+        # A group that found someone: its members ask on their own (plan.MatchGroup).
+        alone = [self._match_entry(job, [step]) for job, step in retry if job.error is None]
+        self._pause(alone)
+        await self._send_all([e for e in alone if _clear(e)], halt=False)
         for entry in direct:
             if _clear(entry):
                 await self._send_direct(entry)
         for job in active:
-            if job.error is None and job.origin_pending:
+            if job.error is None and (job.origin_pending or job.match_pending):
                 # Its look-up travelled with a submission that could not go: never conclude
                 # "not created" from a question that was not asked.
                 job.error = Halted("look-up not sent with the others; asked again next pass")
@@ -434,6 +448,37 @@ class Worker:
                 )
         return False
 
+    def _match_entry(self, job: _Job, steps: Sequence[plan.Step]) -> _Entry:
+        own = [plan.Step(f"j{job.n}_{s.key}", s.role, s.method, s.params) for s in steps]
+        return _Entry([job], own, functools.partial(self._read_matches, job, own))
+
+    def _pause(self, entries: Sequence[_Entry]) -> None:
+        for entry in entries:
+            if paused := self._paused(entry.steps):
+                for job in entry.jobs:
+                    job.error = paused
+
+    def _read_match_group(
+        self,
+        step: plan.Step,
+        name: str,
+        members: list[tuple[_Job, plan.Step]],
+        retry: list[tuple[_Job, plan.Step]],
+        result: BatchResult,
+        halted: bool,
+    ) -> bool:
+        answer = result.results.get(step.key)
+        if len(members) == 1 and step.key in result.errors:
+            members[0][0].error = result.errors[step.key]  # a read: it changed nothing
+        elif step.key not in result.errors and (len(members) == 1 or plan.nobody_matched(answer)):
+            for job, _ in members:
+                job.answers[name] = answer
+                job.match_pending.discard(name)
+        else:
+            # Someone matched (or the shared question failed): each asks on its own.
+            retry.extend(members)
+        return False
+
     def _read_matches(
         self, job: _Job, steps: list[plan.Step], result: BatchResult, halted: bool
     ) -> bool:
@@ -442,7 +487,9 @@ class Worker:
             if step.key in result.errors:
                 job.error = result.errors[step.key]  # a read: it changed nothing
                 return False
-            job.answers[step.key.removeprefix(prefix)] = result.results.get(step.key)
+            name = step.key.removeprefix(prefix)
+            job.answers[name] = result.results.get(step.key)
+            job.match_pending.discard(name)
         return False
 
     # ------------------------------------------------------------------ phase 2

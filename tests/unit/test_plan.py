@@ -142,3 +142,46 @@ def test_a_refused_link_leaves_that_record_out_then_the_trace_is_given_up() -> N
     bad_json = plan.after_trace_refusal(first, "Can not parse JSON in parameter `TRACE`.")
     assert plan.TraceState.parse(bad_json) == plan.TraceState(True, frozenset({"CONTACT"}))
     assert plan.TraceState.parse(plan.after_trace_refusal(bad_json, "again")).refused
+
+
+def ask(kind: str, *values: str) -> plan.Step:
+    params = {"type": kind, "values": list(values), "entity_type": "CONTACT"}
+    return plan.Step("phone", "contact", "crm.duplicate.findbycomm", params)
+
+
+def test_match_groups_pack_each_submission_whole_within_twenty_values() -> None:
+    asks = [ask("PHONE", f"+1555000{n:03d}", f"+1555100{n:03d}") for n in range(15)]
+    groups = plan.match_groups(asks, key="m_phone")
+    assert [g.members for g in groups] == [tuple(range(10)), tuple(range(10, 15))]
+    assert [len(g.step.params["values"]) for g in groups] == [20, 10]  # type: ignore[arg-type]
+    assert [g.step.key for g in groups] == ["m_phone_0", "m_phone_1"]
+    assert groups[0].step.params["type"] == "PHONE"
+    assert groups[0].step.params["entity_type"] == "CONTACT"
+
+
+def test_match_groups_ask_a_value_two_submissions_share_once() -> None:
+    asks = [ask("EMAIL", "a@example.com"), ask("EMAIL", "a@example.com", "b@example.com")]
+    [group] = plan.match_groups(asks, key="m_email")
+    assert group.step.params["values"] == ["a@example.com", "b@example.com"]
+    assert group.members == (0, 1)
+
+
+def test_match_groups_give_a_full_submission_a_command_of_its_own() -> None:
+    asks = [ask("PHONE", "+17770001"), ask("PHONE", *[f"+1555{n:04d}" for n in range(20)])]
+    groups = plan.match_groups(asks, key="m")
+    assert [g.members for g in groups] == [(0,), (1,)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "nobody"),
+    [
+        ([], True),
+        ({}, True),
+        ({"CONTACT": []}, True),
+        ({"CONTACT": [7]}, False),
+        ({"CONTACT": ["7"]}, False),
+        (None, True),
+    ],
+)
+def test_nobody_matched_only_when_the_answer_names_no_contact(answer: Any, nobody: bool) -> None:
+    assert plan.nobody_matched(answer) is nobody
