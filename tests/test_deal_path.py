@@ -368,3 +368,81 @@ async def test_a_contact_found_for_one_package_of_a_group_goes_to_that_package_o
             assert int(deal["CONTACT_ID"]) == int(contact["ID"])
     # The two shared questions, then each member of both groups on its own.
     assert len(commands_of(portal, "crm.duplicate.findbycomm")) == 2 + 12 + 12
+
+
+def batches(portal: Portal) -> list[list[str]]:
+    return [r["commands"] for r in portal.state()["requests"] if r["method"] == "batch"]
+
+
+async def test_the_next_pass_looks_up_in_the_room_this_pass_leaves_in_its_creates(
+    portal: Portal, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    forms = tmp_path / "forms.toml"
+    forms.write_text(FORMS)
+    api_only = await make_gateway(portal, FORMS_FILE=str(forms), WORKER=False)
+    ids = await post_orders(api_only, 27)
+    # Nine packages a pass: 45 chain commands, room for the next nine's two findbycomm.
+    delivering = await make_gateway(portal, FORMS_FILE=str(forms), WORKER_BATCH_SIZE=9)
+    store = await delivering.store()
+    for submission_id in ids:
+        await wait_for(lambda sid=submission_id: delivered(store, sid))
+    sent = batches(portal)
+    assert len(sent) == 1 + 3  # one request of look-ups, then three of creates
+    assert sent[0] == ["crm.duplicate.findbycomm"] * 2
+    chain = ["crm.company.add", "crm.contact.add", "crm.deal.add", "crm.deal.update"]
+    chain += ["crm.tracking.trace.add"]
+    assert sent[1] == chain * 9 + ["crm.duplicate.findbycomm"] * 2
+    assert sent[2] == chain * 9 + ["crm.duplicate.findbycomm"] * 2
+    assert sent[3] == chain * 9
+    for submission_id in ids:
+        [deal] = by_origin(portal, "deal", submission_id)
+        [contact] = by_origin(portal, "contact", f"{submission_id}:contact")
+        assert int(deal["CONTACT_ID"]) == int(contact["ID"])
+
+
+async def test_look_ups_asked_ahead_find_a_contact_for_their_own_pass(
+    portal: Portal, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    existing = create_record(portal, "contact", PHONE=[{"VALUE": "+49 170 5550012"}])
+    forms = tmp_path / "forms.toml"
+    forms.write_text(FORMS)
+    api_only = await make_gateway(portal, FORMS_FILE=str(forms), WORKER=False)
+    ids = await post_orders(api_only, 18)
+    delivering = await make_gateway(portal, FORMS_FILE=str(forms), WORKER_BATCH_SIZE=9)
+    store = await delivering.store()
+    for submission_id in ids:
+        await wait_for(lambda sid=submission_id: delivered(store, sid))
+    assert len(portal.records("contact")) == 1 + 17
+    for n, submission_id in enumerate(ids):
+        [deal] = by_origin(portal, "deal", submission_id)
+        if n == 12:  # in the second pass, asked with the first pass's creates
+            assert int(deal["CONTACT_ID"]) == existing
+        else:
+            [contact] = by_origin(portal, "contact", f"{submission_id}:contact")
+            assert int(deal["CONTACT_ID"]) == int(contact["ID"])
+
+
+async def test_look_ups_a_halted_chain_request_left_unasked_are_asked_in_their_own_pass(
+    portal: Portal, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    existing = create_record(portal, "contact", EMAIL=[{"VALUE": "buyer14@example.com"}])
+    forms = tmp_path / "forms.toml"
+    forms.write_text(FORMS)
+    api_only = await make_gateway(portal, FORMS_FILE=str(forms), WORKER=False)
+    ids = await post_orders(api_only, 18)
+    # The first pass's last create fails: halt=1 stops the batch before the next pass's
+    # look-ups, which must not be read as "nobody found".
+    failure = {"count": 1, "status": 400, "error": "ERROR_CORE", "description": "x"}
+    portal.faults(fail_methods={"crm.tracking.trace.add": failure})
+    delivering = await make_gateway(portal, FORMS_FILE=str(forms), WORKER_BATCH_SIZE=9)
+    store = await delivering.store()
+    for submission_id in ids:
+        await wait_for(lambda sid=submission_id: delivered(store, sid), within=30)
+    for n, submission_id in enumerate(ids):
+        [deal] = by_origin(portal, "deal", submission_id)
+        if n == 14:
+            assert int(deal["CONTACT_ID"]) == existing
+        else:
+            assert len(by_origin(portal, "contact", f"{submission_id}:contact")) == 1
+    assert len(portal.records("contact")) == 1 + 17
+    assert len(portal.records("deal")) == 18

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ LEASE_SLACK_SECONDS = 5.0
 # Submissions per origin look-up: a list answers 50 rows at most, and a record created twice by
 # an older bug takes two; half a page leaves room (§2.2).
 ORIGIN_IDS_PER_LOOKUP = 25
+# Passes in a row whose look-ups travel with the pass before; then the run loop looks again
+# at leadership and the breaker.
+PIPELINE_PASSES = 20
 
 
 def utcnow() -> datetime:
@@ -97,6 +101,7 @@ class _Job:
     origin_pending: set[str] = field(default_factory=set)  # roles whose look-up is unanswered
     match_pending: set[str] = field(default_factory=set)  # match look-ups still unanswered
     rode: bool = False  # its creates went with the look-ups of others
+    ahead: bool = False  # claimed during the pass before, its look-ups sent with its creates
     answers: dict[str, object] = field(default_factory=dict)  # what the match look-ups said
 
     @property
@@ -117,6 +122,27 @@ class _Entry:
     steps: list[plan.Step]
     read: Callable[[BatchResult, bool], bool]
     writes: bool = False  # creates: a lost answer leaves their outcome unknown
+
+
+@dataclass(slots=True)
+class _Asks:
+    """The look-ups of a pass: entries that go in a batch, entries that must go as direct
+    calls, and the members of match groups that found someone, to ask again one by one."""
+
+    entries: list[_Entry] = field(default_factory=list)
+    direct: list[_Entry] = field(default_factory=list)
+    retry: list[tuple[_Job, plan.Step]] = field(default_factory=list)
+
+
+def pass_size(most: int, *, creates_per_job: float, lookups_per_job: float) -> int:
+    """How many submissions a pass of chains should take so that its last request of creates
+    has room for the next pass's look-ups (each request holds 50 commands, §5.1)."""
+    for size in range(most, 0, -1):
+        used = math.ceil(size * creates_per_job)
+        room = -used % MAX_BATCH_COMMANDS
+        if room >= math.ceil(size * lookups_per_job):
+            return size
+    return most
 
 
 def _not_about_it(error: BitrixError) -> bool:
@@ -150,6 +176,8 @@ class Worker:
         self._stopping = False
         self._quote_marker_ready = False
         self._backlog_released = False
+        self._pass_size = self.config.batch_size
+        self._lookups_per_job = 0.0
         self.breaker = Breaker(max_probe_seconds=self.config.probe_max_seconds)
 
     def wake(self) -> None:
@@ -256,19 +284,34 @@ class Worker:
             self.metrics.breaker_probes.labels(result=result).inc()
 
     async def run_once(self) -> int:
-        """Claim one batch of due submissions and deliver it; returns how many were claimed."""
-        claimed = await self.store.claim_due(
-            now=self.clock(),
-            limit=self.config.batch_size,
-            lease=timedelta(seconds=self.config.unknown_wait_seconds),
-        )
-        if claimed:
-            await self.deliver(claimed)
-        return len(claimed)
+        """Claim due submissions and deliver them, pass after pass while the next pass's
+        look-ups can travel with this pass's creates; returns how many were claimed."""
+        jobs = await self._claim()
+        total = 0
+        passes = 0
+        while jobs:
+            passes += 1
+            pipelined = passes < PIPELINE_PASSES and not self._stopping
+            following = await self._deliver(jobs, ahead=self._claim if pipelined else None)
+            total += len(jobs)
+            jobs = following
+        return total
 
     async def deliver(self, claimed: Sequence[Submission]) -> None:
-        started = self.clock()
-        jobs = [
+        """Deliver these claimed submissions in one pass."""
+        await self._deliver(self._jobs(claimed))
+
+    async def _claim(self) -> list[_Job]:
+        claimed = await self.store.claim_due(
+            now=self.clock(),
+            limit=self._pass_size,
+            lease=timedelta(seconds=self.config.unknown_wait_seconds),
+        )
+        return self._jobs(claimed)
+
+    @staticmethod
+    def _jobs(claimed: Sequence[Submission]) -> list[_Job]:
+        return [
             _Job(
                 n,
                 plan.package(s),
@@ -279,9 +322,19 @@ class Worker:
             )
             for n, s in enumerate(claimed)
         ]
+
+    async def _deliver(
+        self, jobs: list[_Job], *, ahead: Callable[[], Awaitable[list[_Job]]] | None = None
+    ) -> list[_Job]:
+        """One pass; returns the submissions claimed for the next one, when `ahead` claimed
+        some while this pass's creates still had room for their look-ups."""
+        started = self.clock()
+        for job in jobs:
+            if job.ahead:
+                self._take_ahead(job)
         await self._prepare_markers(jobs)
         await self._look_up([j for j in jobs if j.error is None])
-        await self._create([j for j in jobs if j.error is None])
+        following = await self._create([j for j in jobs if j.error is None], ahead=ahead)
         now = self.clock()
         down = next((job.error for job in jobs if portal_down(job.error)), None)
         if down is None and not self._backlog_released:
@@ -289,11 +342,29 @@ class Worker:
             await self._release_backlog()
         if down is not None:
             self._trip(down, now=now)
+            # Nothing more goes until the portal answers: the next pass waits with the backlog.
+            for job in following:
+                job.error = down
+            jobs, following = [*jobs, *following], []
         outcomes = [self._outcome(job, started=started, now=now) for job in jobs]
         await self.store.record_outcomes(outcomes, now=now)
         if self.metrics is not None:
             for outcome in outcomes:
                 self.metrics.deliveries.labels(result=outcome.attempt.outcome).inc()
+        return following
+
+    def _take_ahead(self, job: _Job) -> None:
+        """A submission whose look-ups travelled with the pass before: keep the answers when
+        every one came back, else forget them all and ask again in this pass."""
+        complete = job.error is None and not job.origin_pending and not job.match_pending
+        if not complete:
+            job.error = None
+            job.origin_pending.clear()
+            job.match_pending.clear()
+            job.origin_found.clear()
+            job.answers.clear()
+            job.ahead = False
+        job.sent_at = None
 
     # ------------------------------------------------------------------ identity markers
 
@@ -329,57 +400,74 @@ class Worker:
     # ------------------------------------------------------------------ phase 1
 
     async def _look_up(self, jobs: Sequence[_Job]) -> None:
-        active = [job for job in jobs if not self._waiting(job)]
-        entries = self._origin_entries(active)
-        direct: list[_Entry] = []
-        asks: dict[str, list[tuple[_Job, plan.Step]]] = {}
-        for job in active:
-            steps = plan.lookups(job.pkg, known=job.known)
-            if plan.must_go_direct(steps):
-                direct.append(self._match_entry(job, steps))
-                continue
-            for step in steps:
-                if step.key in plan.MATCH_KEYS:
-                    asks.setdefault(step.key, []).append((job, step))
-                    job.match_pending.add(step.key)
-            own = [step for step in steps if step.key not in plan.MATCH_KEYS]
-            if own:
-                entries.append(self._match_entry(job, own))
-        retry: list[tuple[_Job, plan.Step]] = []
-        for name, pairs in asks.items():
-            for group in plan.match_groups([step for _, step in pairs], key=f"m_{name}"):
-                members = [pairs[i] for i in group.members]
-                read = functools.partial(self._read_match_group, group.step, name, members, retry)
-                jobs_asking = list(dict.fromkeys(j for j, _ in members))
-                entries.append(_Entry(jobs_asking, [group.step], read))
-        self._pause(entries + direct)
-        batched = [e for e in entries if _clear(e)]
+        for job in jobs:
+            if job.ahead:
+                self._settle(job)  # asked with the pass before: known before anything rides
+        active = [job for job in jobs if not self._waiting(job) and not job.ahead]
+        asks = self._asks(active)
+        batched = [e for e in asks.entries if _clear(e)]
         if batched:
-            batched += self._riders(active, looked_up={j for e in entries + direct for j in e.jobs})
+            asking = {j for e in asks.entries + asks.direct for j in e.jobs}
+            batched += self._riders([j for j in jobs if not self._waiting(j)], looked_up=asking)
         await self._send_all(batched, halt=False)
         # A group that found someone: its members ask on their own (plan.MatchGroup).
-        alone = [self._match_entry(job, [step]) for job, step in retry if job.error is None]
+        alone = [self._match_entry(job, [step]) for job, step in asks.retry if job.error is None]
         self._pause(alone)
         await self._send_all([e for e in alone if _clear(e)], halt=False)
-        for entry in direct:
+        for entry in asks.direct:
             if _clear(entry):
                 await self._send_direct(entry)
         for job in active:
-            if job.error is None and (job.origin_pending or job.match_pending):
-                # Its look-up travelled with a submission that could not go: never conclude
-                # "not created" from a question that was not asked.
-                job.error = Halted("look-up not sent with the others; asked again next pass")
-            if job.error is not None:
+            self._settle(job)
+
+    def _settle(self, job: _Job) -> None:
+        """Take what the look-ups found: the job's records, and contacts or companies to reuse."""
+        if job.error is None and (job.origin_pending or job.match_pending):
+            # Its look-up travelled with a submission that could not go: never conclude
+            # "not created" from a question that was not asked.
+            job.error = Halted("look-up not sent with the others; asked again next pass")
+        if job.error is not None or job.rode:
+            return
+        found = plan.resolve(job.pkg, job.answers, ours=job.origin_found)
+        if found:
+            log.info(
+                "delivery.found_existing",
+                extra={"submission_id": job.id, "roles": ",".join(sorted(found))},
+            )
+        job.known.update(found)
+        # Every record not found is known not to exist: creating it is safe now.
+        job.unknown = False
+
+    def _asks(self, jobs: Sequence[_Job]) -> _Asks:
+        """The look-up entries for these jobs: one list command per record type for the
+        records of many, findbycomm in groups, the rest one entry per job."""
+        asks = _Asks(self._origin_entries(jobs))
+        by_kind: dict[str, list[tuple[_Job, plan.Step]]] = {}
+        for job in jobs:
+            steps = plan.lookups(job.pkg, known=job.known)
+            if plan.must_go_direct(steps):
+                asks.direct.append(self._match_entry(job, steps))
                 continue
-            found = plan.resolve(job.pkg, job.answers, ours=job.origin_found)
-            if found:
-                log.info(
-                    "delivery.found_existing",
-                    extra={"submission_id": job.id, "roles": ",".join(sorted(found))},
+            for step in steps:
+                if step.key in plan.MATCH_KEYS:
+                    by_kind.setdefault(step.key, []).append((job, step))
+                    job.match_pending.add(step.key)
+            own = [step for step in steps if step.key not in plan.MATCH_KEYS]
+            if own:
+                asks.entries.append(self._match_entry(job, own))
+        for name, pairs in by_kind.items():
+            for group in plan.match_groups([step for _, step in pairs], key=f"m_{name}"):
+                members = [pairs[i] for i in group.members]
+                read = functools.partial(
+                    self._read_match_group, group.step, name, members, asks.retry
                 )
-            job.known.update(found)
-            # Every record not found is known not to exist: creating it is safe now.
-            job.unknown = False
+                jobs_asking = list(dict.fromkeys(j for j, _ in members))
+                asks.entries.append(_Entry(jobs_asking, [group.step], read))
+        self._pause(asks.entries + asks.direct)
+        if jobs:
+            commands = sum(len(entry.steps) for entry in asks.entries + asks.direct)
+            self._lookups_per_job = commands / len(jobs)
+        return asks
 
     def _riders(self, jobs: Sequence[_Job], *, looked_up: set[_Job]) -> list[_Entry]:
         """Creates that need no look-up and need no chain travel with the look-ups of others,
@@ -424,6 +512,8 @@ class Worker:
             for job, _ in part:
                 job.error = result.errors[step.key]  # a read: it changed nothing
             return False
+        if step.key not in result.results:
+            return False  # not run (a halted batch): still pending, asked again
         origin_ids = [origin_id for _, origin_id in part]
         rows = plan.origin_rows(
             step.role, result.results.get(step.key), origin_ids, identity=self.config.identity
@@ -450,6 +540,7 @@ class Worker:
 
     def _match_entry(self, job: _Job, steps: Sequence[plan.Step]) -> _Entry:
         own = [plan.Step(f"j{job.n}_{s.key}", s.role, s.method, s.params) for s in steps]
+        job.match_pending.update(s.key for s in steps)
         return _Entry([job], own, functools.partial(self._read_matches, job, own))
 
     def _pause(self, entries: Sequence[_Entry]) -> None:
@@ -467,6 +558,8 @@ class Worker:
         result: BatchResult,
         halted: bool,
     ) -> bool:
+        if step.key not in result.results and step.key not in result.errors:
+            return False  # not run (a halted batch): still pending, asked again
         answer = result.results.get(step.key)
         if len(members) == 1 and step.key in result.errors:
             members[0][0].error = result.errors[step.key]  # a read: it changed nothing
@@ -487,6 +580,8 @@ class Worker:
             if step.key in result.errors:
                 job.error = result.errors[step.key]  # a read: it changed nothing
                 return False
+            if step.key not in result.results:
+                return False  # not run (a halted batch): still pending, asked again
             name = step.key.removeprefix(prefix)
             job.answers[name] = result.results.get(step.key)
             job.match_pending.discard(name)
@@ -494,7 +589,9 @@ class Worker:
 
     # ------------------------------------------------------------------ phase 2
 
-    async def _create(self, jobs: Sequence[_Job]) -> None:
+    async def _create(
+        self, jobs: Sequence[_Job], *, ahead: Callable[[], Awaitable[list[_Job]]] | None = None
+    ) -> list[_Job]:
         singles: list[_Entry] = []
         chains: list[_Entry] = []
         direct: list[_Entry] = []
@@ -508,9 +605,47 @@ class Worker:
         # Independent records: halt=0, so one rejected lead does not hold back the others.
         await self._send_all(singles, halt=False)
         # Chained records: halt=1, or a failed create would feed garbage into $result (§5.2).
-        await self._send_all(chains, halt=True)
+        self._size_passes(chains)
+        chunks = list(self._chunks(chains))
+        following: list[_Job] = []
+        if chunks and ahead is not None:
+            # The next pass's look-ups fill the room the last request of creates leaves.
+            following = await ahead()
+            self._ask_ahead(chunks[-1], following)
+        for chunk in chunks:
+            await self._send_chunk(chunk, halt=True)
         for entry in direct:
             await self._send_direct(entry)
+        return following
+
+    def _size_passes(self, chains: Sequence[_Entry]) -> None:
+        """Passes of chains are sized to leave room for the next pass's look-ups; other passes
+        take as many submissions as the batch size allows."""
+        if not chains:
+            self._pass_size = self.config.batch_size
+            return
+        creates = sum(len(entry.steps) for entry in chains) / len(chains)
+        self._pass_size = pass_size(
+            self.config.batch_size, creates_per_job=creates, lookups_per_job=self._lookups_per_job
+        )
+
+    def _ask_ahead(self, chunk: list[_Entry], following: list[_Job]) -> None:
+        """Put the look-ups of the next pass's submissions at the end of a chain request, as
+        far as they fit. A halted batch leaves them unasked: their pass asks again."""
+        ready = [j for j in following if "quote" not in j.pkg.roles or self._quote_marker_ready]
+        asks = self._asks(ready)
+        commands = {step.key: step.command for entry in chunk for step in entry.steps}
+        for entry in asks.entries:
+            if not _clear(entry):
+                continue
+            more = commands | {step.key: step.command for step in entry.steps}
+            too_big = batch_body_bytes(more) > self.config.batch_max_bytes
+            if len(more) > MAX_BATCH_COMMANDS or too_big:
+                continue
+            chunk.append(entry)
+            commands = more
+        for job in ready:
+            job.ahead = True
 
     def _plan_creates(self, job: _Job) -> tuple[str, _Entry] | None:
         """The job's create steps as an entry, and how it travels: "single" (one command,
