@@ -49,7 +49,7 @@ LEASE_SLACK_SECONDS = 5.0
 ORIGIN_IDS_PER_LOOKUP = 25
 # Passes in a row whose look-ups travel with the pass before; then the run loop looks again
 # at leadership and the breaker.
-PIPELINE_PASSES = 20
+PIPELINE_PASSES = 12
 
 
 def utcnow() -> datetime:
