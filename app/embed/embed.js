@@ -1,9 +1,8 @@
 /* b24-form-gateway embed.js: at submit, adds to forms marked data-b24-gateway the visitor's
    Bitrix24 Sales Intelligence trace, the visit's UTM tags and a submission_id (the idempotency
    key); data-b24-ajax forms are sent with fetch. The contract: docs/design.md, "embed.js".
-   Readable source of embed.min.js, which the gateway serves: run `python -m app.embed.minify`
-   after editing. That minifier is simple, so no regex or template literals, and no reliance on
-   automatic semicolon insertion. */
+   Readable source of embed.min.js, which the gateway serves: after editing, run
+   `npm ci --prefix tools/js && python -m app.embed.minify` (terser). */
 ((w, d) => {
   const KEY = 'b24gw';
   const KEEP_MS = 28 * 864e5;
