@@ -36,9 +36,18 @@ PERSON_FIELDS = {"name": "NAME", "last_name": "LAST_NAME", "second_name": "SECON
 STANDARD_FIELDS = frozenset(
     {*PERSON_FIELDS, "phone", "email", "message", "company", "title", *UTM_FIELDS, "trace"}
 )
-# Fields that steer the gateway and are never written to the CRM.
+# Fields that steer the gateway and are never written to the CRM; so is every field whose name
+# starts with `_` (form backends' convention: `_next`, `_subject`, `_gotcha`, ...).
 CONTROL_FIELDS = frozenset({"trace", "submission_id"})
+# Names other form backends give the standard fields, beside any case of the standard names
+# themselves (`Email`, `NAME`): Formspree's reply-to address is the sender's e-mail.
+FIELD_ALIASES = {"_replyto": "email", "_reply_to": "email"}
+SUBJECT_FIELD = "_subject"  # a form backend's subject line: the record's title
+# The title when the form sets none: who wrote, and through which form.
 DEFAULT_TITLE = "Website request: {form}"
+# SOURCE_ID on the records a submission creates, unless the form's defaults set it (§6.4 of
+# docs/bitrix24.md: the stock "Website" source; an empty string leaves it unset).
+DEFAULT_SOURCE_ID = "WEB"
 DEFAULT_REQUIRED = ("phone|email",)
 
 Scalar = str | int | float | bool
@@ -68,7 +77,7 @@ class _FormModel(BaseModel):
 
     entity: Entity = Entity.LEAD
     redirect_url: str | None = None
-    title: str = DEFAULT_TITLE
+    title: str | None = None
     required: tuple[str, ...] = DEFAULT_REQUIRED
     honeypot: str | None = "_gotcha"
     contact: Literal["find_or_create", "always_create", "none"] = "find_or_create"
@@ -100,7 +109,9 @@ class _FormModel(BaseModel):
 
     @field_validator("title")
     @classmethod
-    def _check_title(cls, value: str) -> str:
+    def _check_title(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             parsed = list(string.Formatter().parse(value))
         except ValueError as exc:
@@ -154,7 +165,7 @@ class Form:
     id: str
     entity: Entity = Entity.LEAD
     redirect_url: str | None = None
-    title: str = DEFAULT_TITLE
+    title: str | None = None  # a template; None: the person's name and the form
     required: tuple[str, ...] = DEFAULT_REQUIRED
     honeypot: str | None = "_gotcha"
     contact: str = "find_or_create"
@@ -211,6 +222,23 @@ def load_forms(path: Path | None) -> dict[str, Form]:
 Values = Mapping[str, Sequence[str]]
 
 
+def canonical_fields(form: Form, values: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """The fields with standard names in their own spelling whatever the case (`Email`,
+    `Name`), and `_replyto` as `email`, so forms written for another form backend work as they
+    are. A name the form maps itself (`fields`) or uses as its honeypot keeps its spelling."""
+    out: dict[str, list[str]] = {}
+    for name, items in values.items():
+        target = name
+        if name not in form.fields and name != form.honeypot:
+            lowered = name.lower()
+            if lowered in STANDARD_FIELDS:
+                target = lowered
+            elif lowered in FIELD_ALIASES:
+                target = FIELD_ALIASES[lowered]
+        out.setdefault(target, []).extend(items)
+    return out
+
+
 def first(values: Values, name: str) -> str:
     """The first non-empty value of a field, stripped, or ''."""
     for value in values.get(name, ()):
@@ -237,20 +265,35 @@ def missing_required(form: Form, values: Values) -> dict[str, str]:
 
 
 def render_title(form: Form, values: Values) -> str:
+    """The form's title template, filled; without one, who wrote and through which form (the
+    name, else the company, e-mail or phone), so that a list of records reads at a glance."""
+    fallback = DEFAULT_TITLE.format(form=form.id)
+    if form.title is None:
+        name = " ".join(v for v in (first(values, "name"), first(values, "last_name")) if v)
+        who = name or first(values, "company") or first(values, "email") or first(values, "phone")
+        return f"{who} — {form.id}" if who else fallback
+
     class _Fields(dict[str, str]):
         def __missing__(self, key: str) -> str:
             return first(values, key)
 
-    return form.title.format_map(_Fields(form=form.id)).strip() or f"Website request: {form.id}"
+    return form.title.format_map(_Fields(form=form.id)).strip() or fallback
+
+
+def _source(form: Form) -> CrmFields:
+    """SOURCE_ID for a new lead, deal or contact: the form's own default wins."""
+    if "SOURCE_ID" in form.defaults or not DEFAULT_SOURCE_ID:
+        return {}
+    return {"SOURCE_ID": DEFAULT_SOURCE_ID}
 
 
 def utm_of(values: Values, trace_utm: Mapping[str, str]) -> dict[str, str]:
-    """The five UTM tags: each from the form when present, else from the trace, case kept."""
-    utm: dict[str, str] = {}
-    for key in UTM_FIELDS:
-        if value := first(values, key) or trace_utm.get(key, ""):
-            utm[key] = value
-    return utm
+    """The UTM tags, case kept, taken whole from one visit: the form's when it carries any,
+    else the trace's. Mixing them would credit one visit's source with another's campaign."""
+    from_form = {key: value for key in UTM_FIELDS if (value := first(values, key))}
+    if from_form:
+        return from_form
+    return {key: value for key in UTM_FIELDS if (value := trace_utm.get(key, ""))}
 
 
 def _utm_fields(utm: Mapping[str, str]) -> CrmFields:
@@ -285,7 +328,9 @@ def _main_record(
     """
     crm: CrmFields = dict(form.defaults)
     if titled:
-        crm["TITLE"] = first(values, "title") or render_title(form, values)
+        crm["TITLE"] = (
+            first(values, "title") or first(values, SUBJECT_FIELD) or render_title(form, values)
+        )
     crm.update(standard or {})
     crm.update(_utm_fields(utm))
     for source, target in form.fields.items():
@@ -319,15 +364,17 @@ def map_submission(
     entity = form.entity
     match: dict[str, str] = {}
     records: dict[str, CrmFields]
+    source = _source(form)
     if entity is Entity.LEAD:
-        records = {"lead": map_lead(form, values, trace_utm=trace_utm)}
+        records = {"lead": source | map_lead(form, values, trace_utm=trace_utm)}
     elif entity is Entity.CONTACT:
         person = _person(values)
-        records = {"contact": _main_record(form, values, utm, titled=False, standard=person)}
+        contact = _main_record(form, values, utm, titled=False, standard=person)
+        records = {"contact": source | contact}
     elif entity is Entity.QUOTE:
         records = {"quote": _main_record(form, values, utm, titled=True)}
     else:
-        records = {"deal": _main_record(form, values, utm, titled=True)}
+        records = {"deal": source | _main_record(form, values, utm, titled=True)}
         assigned = {k: v for k, v in form.defaults.items() if k == "ASSIGNED_BY_ID"}
         company = first(values, "company")
         if company and form.company != "none":
@@ -339,7 +386,7 @@ def map_submission(
             if not ("NAME" in person or "LAST_NAME" in person):
                 # docs/bitrix24.md §6.2: a contact needs NAME or LAST_NAME on older portals.
                 person["NAME"] = first(values, "email") or first(values, "phone") or "—"
-            records["contact"] = {**person, **assigned, **_utm_fields(utm)}
+            records["contact"] = {**source, **person, **assigned, **_utm_fields(utm)}
             if form.contact == "find_or_create" and ("PHONE" in person or "EMAIL" in person):
                 match["contact"] = "phone_email"
     return {
@@ -365,6 +412,7 @@ def _comments(form: Form, values: Values) -> str:
         for name in values
         if name not in STANDARD_FIELDS
         and name not in CONTROL_FIELDS
+        and not name.startswith("_")
         and name not in form.fields
         and name != form.honeypot
         and non_empty(values, name)

@@ -114,7 +114,7 @@ async def test_a_json_body_may_carry_the_trace_as_an_object(
     assert lead["UTM_SOURCE"] == "Yandex"
 
 
-async def test_form_utm_fields_win_over_the_trace_tags(
+async def test_form_utm_fields_win_over_the_trace_tags_as_a_whole_set(
     portal: Portal, make_gateway: MakeGateway
 ) -> None:
     gateway = await make_gateway(portal)
@@ -122,7 +122,45 @@ async def test_form_utm_fields_win_over_the_trace_tags(
     response = await post(gateway, "urlencoded", fields)
     lead = await delivered_lead(portal, response.json()["id"])
     assert lead["UTM_SOURCE"] == "Newsletter"
-    assert lead["UTM_MEDIUM"] == "cpc"
+    # The trace's utm_medium "cpc" belongs to another visit: not mixed into the form's set.
+    assert not lead.get("UTM_MEDIUM")
+    assert not lead.get("UTM_CAMPAIGN")
+
+
+async def test_a_lead_reads_well_in_the_crm_title_and_source(
+    portal: Portal, make_gateway: MakeGateway
+) -> None:
+    gateway = await make_gateway(portal)
+    fields = {"phone": "+15550001112", "name": "Ann", "last_name": "Example"}
+    lead = await delivered_lead(portal, (await post(gateway, "urlencoded", fields)).json()["id"])
+    assert lead["TITLE"] == "Ann Example — contact"
+    assert lead["SOURCE_ID"] == "WEB"
+    bare = {"phone": "+15550001113"}
+    lead = await delivered_lead(portal, (await post(gateway, "urlencoded", bare)).json()["id"])
+    assert lead["TITLE"] == "+15550001113 — contact"
+
+
+async def test_a_form_written_for_another_form_backend_works_as_it_is(
+    portal: Portal, make_gateway: MakeGateway
+) -> None:
+    # A Formspree form: `_replyto`, capitalised names, `_subject`, `_next`; no `email` field.
+    gateway = await make_gateway(portal)
+    fields = {
+        "_replyto": "ann@example.com",
+        "Name": "Ann",
+        "Message": "Hello",
+        "_subject": "New enquiry from the pricing page",
+        "_next": "https://landing.example/thanks",
+        "_cc": "boss@example.com",
+    }
+    response = await post(gateway, "urlencoded", fields)
+    assert response.status_code == 202, response.text
+    lead = await delivered_lead(portal, response.json()["id"])
+    assert lead["EMAIL"][0]["VALUE"] == "ann@example.com"
+    assert lead["NAME"] == "Ann"
+    assert lead["TITLE"] == "New enquiry from the pricing page"
+    # Control fields (a leading `_`) never reach the CRM.
+    assert lead["COMMENTS"] == "Hello"
 
 
 async def someone_elses_trace(portal: Portal, gateway: Gateway) -> int:

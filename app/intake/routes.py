@@ -24,7 +24,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.forms import Form, first, map_submission, missing_required, non_empty
+from app.forms import (
+    Form,
+    canonical_fields,
+    first,
+    map_submission,
+    missing_required,
+    non_empty,
+)
 from app.intake.body import MULTIPART, URLENCODED, BodyError, media_type, parse_body
 from app.intake.captcha import ALL_TOKEN_FIELDS, CaptchaVerifier, Verdict
 from app.intake.clientip import UNKNOWN, ClientResolver, rate_key
@@ -253,7 +260,9 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
             key = _idempotency_key(first(body.fields, KEY_FIELD) or None)
     except BodyError as exc:
         return _refused(form, exc.status, exc.message, exc.errors, wants_html=wants_html)
-    fields = {k: v for k, v in body.fields.items() if k not in TRANSIENT_FIELDS}
+    fields = canonical_fields(
+        form, {k: v for k, v in body.fields.items() if k not in TRANSIENT_FIELDS}
+    )
 
     errors = missing_required(form, fields) | _invalid_contacts(fields)
     if errors:

@@ -4,7 +4,18 @@ from pathlib import Path
 
 import pytest
 
-from app.forms import BUILTIN_FORMS, Form, FormsError, load_forms, map_lead, missing_required
+from app.forms import (
+    BUILTIN_FORMS,
+    Entity,
+    Form,
+    FormsError,
+    canonical_fields,
+    load_forms,
+    map_lead,
+    map_submission,
+    missing_required,
+    utm_of,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -98,7 +109,7 @@ def test_lead_mapping_of_standard_fields() -> None:
     }
     crm = map_lead(form, values, trace_utm={"utm_source": "google", "utm_medium": "cpc"})
     assert crm == {
-        "TITLE": "Website request: contact",
+        "TITLE": "Ann Example — contact",  # who wrote, through which form
         "NAME": "Ann",
         "LAST_NAME": "Example",
         "PHONE": [{"VALUE": "+49 170 1234567", "VALUE_TYPE": "WORK"}],
@@ -107,9 +118,8 @@ def test_lead_mapping_of_standard_fields() -> None:
             {"VALUE": "ann2@example.com", "VALUE_TYPE": "WORK"},
         ],
         "COMPANY_TITLE": "ACME",
-        # The form's own utm_source wins; utm_medium comes from the trace, case kept.
+        # The form carries UTM tags: the whole set is the form's, none from the trace's visit.
         "UTM_SOURCE": "Newsletter",
-        "UTM_MEDIUM": "cpc",
         "COMMENTS": "Call me\nplease\n\ncolour: red\nsize: L, XL",
     }
 
@@ -150,3 +160,49 @@ def test_required_fields_and_alternatives(
     required: tuple[str, ...], values: dict[str, list[str]], errors: dict[str, str]
 ) -> None:
     assert missing_required(Form(id="f", required=required), values) == errors
+
+
+def test_standard_names_are_understood_in_any_case_and_replyto_is_the_email() -> None:
+    form = Form(id="f", fields={"Phone": "UF_CRM_PHONE_RAW"}, honeypot="Email2")
+    values = {
+        "EMAIL": ["a@example.com"],
+        "_replyto": ["b@example.com"],
+        "Name": ["Ann"],
+        "Phone": ["+1555"],  # the form maps this spelling itself: kept
+        "Email2": [""],  # the honeypot: kept
+        "City": ["Riga"],
+    }
+    assert canonical_fields(form, values) == {
+        "email": ["a@example.com", "b@example.com"],
+        "name": ["Ann"],
+        "Phone": ["+1555"],
+        "Email2": [""],
+        "City": ["Riga"],
+    }
+
+
+def test_a_default_title_names_who_wrote_and_the_subject_wins_over_it() -> None:
+    form = Form(id="callback")
+    assert map_lead(form, {"name": ["Bo"]}, trace_utm={})["TITLE"] == "Bo — callback"
+    assert map_lead(form, {"company": ["ACME"]}, trace_utm={})["TITLE"] == "ACME — callback"
+    assert map_lead(form, {}, trace_utm={})["TITLE"] == "Website request: callback"
+    subject = {"name": ["Bo"], "_subject": ["Pricing"]}
+    assert map_lead(form, subject, trace_utm={})["TITLE"] == "Pricing"
+
+
+def test_source_id_is_web_unless_the_form_sets_it() -> None:
+    values = {"phone": ["+15550001"]}
+    crm = map_submission(Form(id="f"), values, trace_utm={})
+    assert crm["records"]["lead"]["SOURCE_ID"] == "WEB"  # type: ignore[index]
+    own = Form(id="f", defaults={"SOURCE_ID": "CALLBACK"})
+    crm = map_submission(own, values, trace_utm={})
+    assert crm["records"]["lead"]["SOURCE_ID"] == "CALLBACK"  # type: ignore[index]
+    deal = map_submission(Form(id="d", entity=Entity.DEAL), values, trace_utm={})
+    records = deal["records"]
+    assert records["deal"]["SOURCE_ID"] == records["contact"]["SOURCE_ID"] == "WEB"  # type: ignore[index]
+
+
+def test_the_utm_set_comes_whole_from_one_visit() -> None:
+    trace = {"utm_source": "google", "utm_medium": "cpc", "utm_campaign": "spring"}
+    assert utm_of({"utm_campaign": ["summer"]}, trace) == {"utm_campaign": "summer"}
+    assert utm_of({}, trace) == trace
