@@ -16,7 +16,8 @@ MIGRATION_LOCK_KEY = 0x62_32_34_6D_67  # "b24mg", an arbitrary advisory-lock key
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine; for SQLite the file's folder is created and WAL + full sync set."""
+    """An async engine; for SQLite the file's folder is created, WAL + full sync and
+    secure_delete set on every connection."""
     parsed = make_url(url)
     # hide_parameters: a database error's message must not carry the row's values (names,
     # phones, emails) into a logged traceback.
@@ -36,6 +37,10 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Retention must erase, not merely unlink: with secure_delete, content a statement
+        # removes (an erased row's old values, freed pages) is overwritten with zeros. Some
+        # builds default to it (Debian's), others do not; say it rather than rely on that.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     return engine
