@@ -1,10 +1,11 @@
 """The per-client limit shared by replicas through Redis (RATE_LIMIT_STORAGE_URL), over real
 HTTP: two gateways count one client once. With Redis away, each process goes on counting alone,
-says so once in the log and counts those checks in a metric. The sharing tests need a Redis
-server at 127.0.0.1:6379 and are skipped without one."""
+says so once in the log, counts those checks in a metric, and shares again once Redis is back.
+The sharing tests need a Redis server at 127.0.0.1:6379 and are skipped without one."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.intake.ratelimit import SHARED_RETRY_SECONDS
 from tests.conftest import Gateway, Portal
 from tests.servers import free_port
 
@@ -93,3 +95,68 @@ async def test_with_redis_away_each_process_limits_alone_and_says_so(
     async with gateway.client() as client:
         metrics = (await client.get("/metrics")).text
     assert "gateway_rate_limit_fallback_total 4.0" in metrics
+
+
+class Relay:
+    """A TCP relay to the real Redis that the test can take away and bring back."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@needs_redis
+async def test_when_redis_comes_back_the_counts_are_shared_again(
+    portal: Portal, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = Relay()
+    await relay.start()
+    gateway = await make_gateway(
+        portal,
+        RATE_LIMIT_PER_IP="3/minute",
+        RATE_LIMIT_STORAGE_URL=f"redis://127.0.0.1:{relay.port}/0",
+        TRUSTED_PROXIES="127.0.0.1",
+    )
+    client_ip = a_client()
+    with caplog.at_level(logging.INFO, logger="app.intake"):
+        assert (await post(gateway, client_ip)).status_code == 202  # counted in Redis
+        await relay.stop()
+        assert (await post(gateway, client_ip)).status_code == 202  # counted here alone
+        await relay.start()
+        await asyncio.sleep(SHARED_RETRY_SECONDS + 0.2)
+        # Redis still holds the first post: two more, then refused.
+        statuses = [(await post(gateway, client_ip)).status_code for _ in range(3)]
+    assert statuses == [202, 202, 429]
+    events = [r.getMessage() for r in caplog.records if "rate_limit_shared" in r.getMessage()]
+    assert events == ["intake.rate_limit_shared_unavailable", "intake.rate_limit_shared_restored"]
+    async with gateway.client() as client:
+        metrics = (await client.get("/metrics")).text
+    assert "gateway_rate_limit_fallback_total 1.0" in metrics
+    await relay.stop()
