@@ -4,6 +4,8 @@ failed submissions are erased after the retry horizon plus the retention period,
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -229,4 +231,31 @@ async def test_failed_submissions_are_erased_after_the_retry_horizon_plus_retent
         assert not await kept(store, retried)
         assert await store.requeue_failed(now=later) == 0
     finally:
+        await store.engine.dispose()
+
+
+async def test_a_checkpoint_a_reader_holds_up_is_finished_by_the_next_round(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'held.db'}"
+    store = Store(create_engine(url))
+    await migrate(store.engine)
+    accepted = datetime(2026, 1, 1, tzinfo=UTC)
+    later = accepted + timedelta(days=DAYS, seconds=HORIZON, hours=1)
+    reader = sqlite3.connect(tmp_path / "held.db")
+    try:
+        await failed_submission(store, 5, accepted=accepted)
+        # A reader whose snapshot still shows the values: the log must keep them meanwhile.
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM submissions").fetchall()
+        with caplog.at_level(logging.WARNING, logger="app.retention"):
+            assert await erase_expired(store, days=DAYS, horizon_seconds=HORIZON, now=later) == 1
+        assert [r.getMessage() for r in caplog.records] == ["retention.checkpoint_incomplete"]
+        assert needles(5)[0] in database_files(url)
+
+        reader.rollback()
+        assert await erase_expired(store, days=DAYS, horizon_seconds=HORIZON, now=later) == 0
+        assert [n for n in needles(5) if n in database_files(url)] == []
+    finally:
+        reader.close()
         await store.engine.dispose()

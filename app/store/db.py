@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x62_32_34_6D_67  # "b24mg", an arbitrary advisory-lock key
+BUSY_TIMEOUT_MS = 30_000  # how long a SQLite statement waits for another's lock
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -35,7 +36,7 @@ def create_engine(url: str) -> AsyncEngine:
         # committed row survive a crash or power loss, which is what a 202 promises.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         # Retention must erase, not merely unlink: with secure_delete, content a statement
         # removes (an erased row's old values, freed pages) is overwritten with zeros. Some

@@ -16,10 +16,12 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.store.db import BUSY_TIMEOUT_MS
 from app.store.tables import Status, UTCDateTime, attempts, submissions
 from app.store.writer import Writer
 
 EXCERPT_CHARS = 500
+CHECKPOINT_WAIT_MS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,12 +560,18 @@ class Store:
         """
         if self.engine.dialect.name != "sqlite" or not self._erasure_unsettled:
             return True
-        # Our own writers wait on the lock instead of in SQLite's busy handler meanwhile.
+        # Our own writers wait on the lock instead of in SQLite's busy handler meanwhile. The
+        # checkpoint blocks every writer while it waits for readers, so it waits briefly: an
+        # intake stalled for the full busy timeout would cost more than a retry in an hour.
         async with self._writer.exclusive(), self.engine.connect() as conn:
             autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            # (busy, frames in the log, frames copied): busy = 1 when it could not finish.
-            result = await autocommit.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            busy = bool(result.one()[0])
+            await autocommit.exec_driver_sql(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            try:
+                # (busy, frames in the log, frames copied): busy = 1 when it could not finish.
+                result = await autocommit.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy = bool(result.one()[0])
+            finally:
+                await autocommit.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._erasure_unsettled = busy
         return not busy
 
