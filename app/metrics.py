@@ -84,7 +84,6 @@ class Metrics:
             "Time spent waiting for the client-side portal rate limiter.",
             registry=r,
         )
-
         self.rate_limit_fallback = Counter(
             "gateway_rate_limit_fallback",
             "Per-client limit checks this process decided alone because the shared store "

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     WORKER: bool = True
     RATE_LIMIT_PER_IP: str = "30/minute"
     # Clients (client and form pairs) the per-client limit keeps in memory; the least recently
-    # seen is forgotten beyond it. Unused with RATE_LIMIT_STORAGE_URL.
+    # seen is forgotten beyond it. With RATE_LIMIT_STORAGE_URL, used only while Redis is away.
     RATE_LIMIT_MAX_CLIENTS: int = Field(default=100_000, ge=100)
     # redis://, rediss:// or unix:// : replicas share the per-client counts there. A secret
     # (it may carry a password). Unset: each process counts on its own.
