@@ -150,7 +150,12 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
         retention_task = (
             asyncio.create_task(
-                retention.run(store, days=settings.RETENTION_DAYS, clock=lambda: datetime.now(UTC)),
+                retention.run(
+                    store,
+                    days=settings.RETENTION_DAYS,
+                    horizon_seconds=settings.RETRY_HORIZON_SECONDS,
+                    clock=lambda: datetime.now(UTC),
+                ),
                 name="retention",
             )
             if settings.RETENTION_DAYS > 0

@@ -84,6 +84,18 @@ class Metrics:
             "Time spent waiting for the client-side portal rate limiter.",
             registry=r,
         )
+        self.rate_limit_fallback = Counter(
+            "gateway_rate_limit_fallback",
+            "Per-client limit checks this process decided alone because the shared store "
+            "(RATE_LIMIT_STORAGE_URL) did not answer.",
+            registry=r,
+        )
+        self.rate_limit_active_evictions = Counter(
+            "gateway_rate_limit_active_evictions",
+            "Clients forgotten by the per-client limit while their count still mattered "
+            "(RATE_LIMIT_MAX_CLIENTS too small for the clients of one window).",
+            registry=r,
+        )
 
     # The Bitrix client's observer interface (app.bitrix.client.RequestObserver).
     def portal_request(self, method: str, status: str, seconds: float) -> None:

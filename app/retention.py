@@ -1,7 +1,9 @@
-"""Retention (`RETENTION_DAYS`): erases the personal data of old finished submissions.
+"""Retention (`RETENTION_DAYS`): erases the personal data of settled submissions.
 
-A thin loop around `Store.erase_personal_data`, run by the lifespan once at start and then
-every hour. Tests call `erase_expired` directly with their own clock.
+Delivered and spam submissions are erased `RETENTION_DAYS` after acceptance; failed ones after
+the retry horizon plus that period (the same time after their last chance of delivery). A thin
+loop around `Store.erase_personal_data` and `Store.settle_erasure`, run by the lifespan once at
+start and then every hour. Tests call `erase_expired` directly with their own clock.
 """
 
 from __future__ import annotations
@@ -21,30 +23,43 @@ INTERVAL_SECONDS = 3600.0
 CHUNK = 500  # rows per transaction: short write locks, even after a long outage
 
 
-async def erase_expired(store: Store, *, days: int, now: datetime) -> int:
-    """Erase every finished submission older than `days`; returns how many were erased."""
+async def erase_expired(store: Store, *, days: int, horizon_seconds: float, now: datetime) -> int:
+    """Erase every submission past its retention; returns how many were erased.
+
+    Then makes the erased values unreadable in the database files (`Store.settle_erasure`).
+    """
     if days <= 0:
         return 0
-    cutoff = now - timedelta(days=days)
+    finished_before = now - timedelta(days=days)
+    failed_before = finished_before - timedelta(seconds=horizon_seconds)
     total = 0
     while True:
-        erased = await store.erase_personal_data(created_before=cutoff, now=now, limit=CHUNK)
+        erased = await store.erase_personal_data(
+            finished_before=finished_before, failed_before=failed_before, now=now, limit=CHUNK
+        )
         total += erased
         if erased < CHUNK:
-            return total
+            break
+    if not await store.settle_erasure():
+        # A long reader kept the old pages needed; the next round tries again.
+        log.warning("retention.checkpoint_incomplete")
+    return total
 
 
 async def run(
     store: Store,
     *,
     days: int,
+    horizon_seconds: float,
     clock: Callable[[], datetime],
     interval_seconds: float = INTERVAL_SECONDS,
 ) -> None:
     """Erase now, then every `interval_seconds`, until cancelled."""
     while True:
         try:
-            erased = await erase_expired(store, days=days, now=clock())
+            erased = await erase_expired(
+                store, days=days, horizon_seconds=horizon_seconds, now=clock()
+            )
         except SQLAlchemyError as exc:
             # The database is away; the next round catches up. No traceback: SQLAlchemy's
             # message may hold the statement's parameters.

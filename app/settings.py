@@ -20,6 +20,7 @@ from app.netaddr import is_loopback_host
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/gateway.db"
 # A custom CRM field code as crm.*.userfield.add makes it (UF_CRM_ + A-Z 0-9 _, 50 at most).
 _USER_FIELD_RE = re.compile(r"^UF_CRM_[A-Z0-9_]{1,43}$")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 
 
@@ -78,6 +79,12 @@ class Settings(BaseSettings):
     ALLOWED_ORIGINS: Annotated[tuple[str, ...], NoDecode] = ()
     WORKER: bool = True
     RATE_LIMIT_PER_IP: str = "30/minute"
+    # Clients (client and form pairs) the per-client limit keeps in memory; the least recently
+    # seen is forgotten beyond it. With RATE_LIMIT_STORAGE_URL, used only while Redis is away.
+    RATE_LIMIT_MAX_CLIENTS: int = Field(default=100_000, ge=100)
+    # redis://, rediss:// or unix:// : replicas share the per-client counts there. A secret
+    # (it may carry a password). Unset: each process counts on its own.
+    RATE_LIMIT_STORAGE_URL: SecretStr | None = None
 
     # --- server ---
     HOST: str = "127.0.0.1"
@@ -208,6 +215,17 @@ class Settings(BaseSettings):
         if value.strip() == "0" or _RATE_RE.match(value):
             return value.strip()
         raise ValueError("must be like 30/minute (second, minute, hour or day), or 0 for off")
+
+    @field_validator("RATE_LIMIT_STORAGE_URL", mode="before")
+    @classmethod
+    def _check_rate_storage(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        # The message never repeats the URL: it may hold a password.
+        if not isinstance(raw, str) or urlsplit(raw.strip()).scheme not in _REDIS_SCHEMES:
+            raise ValueError("must be a Redis URL: redis://HOST:6379/0, rediss://… or unix://…")
+        return raw.strip()
 
     @field_validator("DATABASE_URL")
     @classmethod

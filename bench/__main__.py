@@ -1,10 +1,12 @@
 """All benchmarks in one run (about 6 minutes on 2 cores): `python -m bench` or `make bench`.
 
-The drain after an outage comes first (leads, then deal packages), then ingest, the front door
-and the clean-start drains; each prints its JSON, then the two drains side by side and the
-ratios against their goals. To fit the time, this run is smaller than the benchmarks' own
-defaults: a 10 s outage (`python -m bench.drain --after-outage` defaults to 20 s), and clean
-backlogs of 5,000 leads and 600 deal packages (defaults 10,000 and 1,500).
+The drain after an outage comes first (leads, then deal packages), then ingest, the front door,
+the clean-start drains and the per-client limiter (in process; with Redis when one listens at
+127.0.0.1:6379; without the previous limiter's contrast); each prints its JSON, then the two
+drains side by side and the ratios against their goals. To fit the time, this run is smaller
+than the benchmarks' own defaults: a 10 s outage (`python -m bench.drain --after-outage`
+defaults to 20 s), and clean backlogs of 5,000 leads and 600 deal packages (defaults 10,000 and
+1,500).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-from bench import drain, front_door, ingest
+from bench import drain, front_door, ingest, limiter
 
 OUTAGE_SECONDS = 10.0
 AFTER_OUTAGE = {"lead": 1000, "deal": 300}
 CLEAN = {"lead": 5000, "deal": 600}
+LIMITER_REDIS_URL = "redis://127.0.0.1:6379/0"
 DRAIN_LIMIT_SECONDS = 150.0  # after an outage: a drain still going then is reported unfinished
 
 
@@ -36,6 +39,7 @@ def main() -> None:
         "front_door": front_door.run(3, 6, 16),
         "drain_leads": asyncio.run(drain.run(CLEAN["lead"], 2.0, 50, "lead")),
         "drain_deals": asyncio.run(drain.run(CLEAN["deal"], 2.0, 50, "deal")),
+        "limiter": limiter.run(previous_clients=0, redis_url=LIMITER_REDIS_URL),
     }
     for name, result in results.items():
         result.pop("per_round", None)
@@ -50,6 +54,13 @@ def main() -> None:
     print(f"ingest gateway/bare requests/s: {results['ingest']['ratio_rps']} (goal >= 0.5)")
     print(f"ingest peak RSS MB: {results['ingest']['gateway_peak_rss_mb']} (goal < 150)")
     print(f"front door on/off requests/s: {results['front_door']['ratio_rps_on_vs_off']}")
+    bounded = results["limiter"]["bounded"]
+    assert isinstance(bounded, dict)
+    print(
+        f"limiter: {bounded['kept']} of {bounded['clients']} clients kept, RSS growth "
+        f"{bounded['rss_growth_mib']} MiB, per check {bounded['per_check_us_10_clients']} us "
+        f"(10 clients) / {bounded['per_check_us_all_distinct']} us (all distinct)"
+    )
     for name in ("drain_leads_after_outage", "drain_deals_after_outage"):
         r = results[name]
         met = r["met"]

@@ -949,6 +949,8 @@ async def test_concurrent_duplicates_make_one_submission_and_one_answer(
 
 # --------------------------------------------------------------------------- retention
 
+HORIZON = 3 * 24 * 3600.0  # RETRY_HORIZON_SECONDS' default
+
 
 async def seed(store: Store, *, days_ago: float, status: str, now: datetime) -> str:
     """A submission created `days_ago`, then brought to `status` the way the worker does."""
@@ -995,12 +997,14 @@ async def test_retention_erases_personal_data_of_old_finished_submissions(
     try:
         old_delivered = await seed(store, days_ago=40, status="delivered", now=now)
         old_spam = await seed(store, days_ago=31, status="spam", now=now)
-        old_failed = await seed(store, days_ago=40, status="failed", now=now)
+        # Failed: erased after the 3-day retry horizon plus the 30 days (tests/test_retention.py).
+        old_failed = await seed(store, days_ago=32, status="failed", now=now)
         recent = await seed(store, days_ago=29, status="delivered", now=now)
         old_waiting = await seed(store, days_ago=41, status="accepted", now=now)
 
-        assert await erase_expired(store, days=30, now=now) == 2
-        assert await erase_expired(store, days=30, now=now) == 0  # erased rows stay erased
+        assert await erase_expired(store, days=30, horizon_seconds=HORIZON, now=now) == 2
+        # Erased rows stay erased.
+        assert await erase_expired(store, days=30, horizon_seconds=HORIZON, now=now) == 0
         for submission_id in (old_delivered, old_spam):
             row = await store.get(submission_id)
             assert row is not None
@@ -1011,12 +1015,14 @@ async def test_retention_erases_personal_data_of_old_finished_submissions(
         erased = await store.get(old_delivered)
         assert erased is not None
         assert (erased.status, erased.bitrix_ids) == (Status.DELIVERED, {"lead": 7})
-        # A failed submission may still be retried by hand, a waiting one is still owed to the
-        # portal, a recent one is within the retention: all keep their data.
+        # A failed submission within the horizon plus the retention may still be retried by
+        # hand, a waiting one is still owed to the portal, a recent one is within the
+        # retention: all keep their data.
         for submission_id in (old_failed, old_waiting, recent):
             row = await store.get(submission_id)
             assert row is not None and row.fields["name"] == ["Zebulon"] and row.trace
-        assert await erase_expired(store, days=0, now=now) == 0  # 0 = keep forever
+        # 0 = keep forever
+        assert await erase_expired(store, days=0, horizon_seconds=HORIZON, now=now) == 0
     finally:
         await store.engine.dispose()
 

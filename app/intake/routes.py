@@ -80,7 +80,16 @@ class IntakeContext:
         self.origins = OriginPolicy(settings.ALLOWED_ORIGINS, self.forms)
         check_redirects(self.forms, self.origins)
         self.clients = ClientResolver(settings.TRUSTED_PROXIES)
-        self.rate_limit = RateLimit(settings.RATE_LIMIT_PER_IP)
+        metrics = self.metrics
+        self.rate_limit = RateLimit(
+            settings.RATE_LIMIT_PER_IP,
+            max_clients=settings.RATE_LIMIT_MAX_CLIENTS,
+            storage_url=settings.RATE_LIMIT_STORAGE_URL,
+            on_fallback=metrics.rate_limit_fallback.inc if metrics else lambda: None,
+            on_active_eviction=(
+                metrics.rate_limit_active_evictions.inc if metrics else lambda: None
+            ),
+        )
         self.captcha = None
         if settings.CAPTCHA_PROVIDER is not None and settings.CAPTCHA_SECRET is not None:
             self.captcha = CaptchaVerifier(
@@ -92,6 +101,7 @@ class IntakeContext:
             )
 
     async def aclose(self) -> None:
+        await self.rate_limit.aclose()
         if self.captcha is not None:
             await self.captcha.aclose()
 
@@ -247,7 +257,7 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         return error_response(403, "this origin may not post to this form")
     peer = request.client.host if request.client else None
     client_ip = ctx.clients.client_ip(peer, request.headers.getlist("x-forwarded-for"))
-    if (wait := ctx.rate_limit.hit(form.id, rate_key(client_ip))) is not None:
+    if (wait := await ctx.rate_limit.hit(form.id, rate_key(client_ip))) is not None:
         return error_response(
             429, "too many submissions from this client; try again later", retry_after=wait
         )

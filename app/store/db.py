@@ -13,10 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x62_32_34_6D_67  # "b24mg", an arbitrary advisory-lock key
+BUSY_TIMEOUT_MS = 30_000  # how long a SQLite statement waits for another's lock
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine; for SQLite the file's folder is created and WAL + full sync set."""
+    """An async engine; for SQLite the file's folder is created, WAL + full sync and
+    secure_delete set on every connection."""
     parsed = make_url(url)
     # hide_parameters: a database error's message must not carry the row's values (names,
     # phones, emails) into a logged traceback.
@@ -34,8 +36,12 @@ def create_engine(url: str) -> AsyncEngine:
         # committed row survive a crash or power loss, which is what a 202 promises.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Retention must erase, not merely unlink: with secure_delete, content a statement
+        # removes (an erased row's old values, freed pages) is overwritten with zeros. Some
+        # builds default to it (Debian's), others do not; say it rather than rely on that.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     return engine

@@ -16,10 +16,12 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.store.db import BUSY_TIMEOUT_MS
 from app.store.tables import Status, UTCDateTime, attempts, submissions
 from app.store.writer import Writer
 
 EXCERPT_CHARS = 500
+CHECKPOINT_WAIT_MS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,9 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._writer = Writer(engine, submissions)
+        # True at start: a process that crashed after erasing may have left the old pages in
+        # the write-ahead log, so the first `settle_erasure` checkpoints anyway.
+        self._erasure_unsettled = True
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -441,18 +446,23 @@ class Store:
         )
 
     async def requeue(self, submission_id: str, *, now: datetime) -> bool:
-        """Make a failed submission due again (a retry by hand). False if it is not failed.
+        """Make a failed submission due again (a retry by hand). False if it is not failed, or
+        retention erased it.
 
         The retry horizon restarts from now: the operator asked for another round.
         """
         return await self._requeue(submissions.c.id == submission_id, now=now) == 1
 
     async def requeue_failed(self, *, now: datetime) -> int:
-        """Make every failed submission due again; returns how many."""
+        """Make every failed submission (not erased) due again; returns how many."""
         return await self._requeue(None, now=now)
 
     async def _requeue(self, condition: Any, *, now: datetime) -> int:
-        query = update(submissions).where(submissions.c.status == Status.FAILED.value)
+        query = update(submissions).where(
+            submissions.c.status == Status.FAILED.value,
+            # An erased submission has nothing left to deliver.
+            submissions.c.body_hash != ERASED,
+        )
         if condition is not None:
             query = query.where(condition)
         async with self._writer.begin() as conn:
@@ -470,22 +480,44 @@ class Store:
     # ------------------------------------------------------------------ privacy
 
     async def erase_personal_data(
-        self, *, created_before: datetime, now: datetime, limit: int = 500
+        self,
+        *,
+        finished_before: datetime,
+        failed_before: datetime,
+        now: datetime,
+        limit: int = 500,
     ) -> int:
-        """Erase the personal data of up to `limit` finished submissions created before then.
+        """Erase the personal data of up to `limit` settled submissions; returns how many.
 
-        Finished means delivered (the portal has the data now) or spam (never delivered). The
-        posted fields, the trace, the CRM values and the answer excerpts go; ids, statuses,
-        timestamps, error codes and the Bitrix ids stay. The body hash is replaced by a marker,
-        so an erased row is not selected again. Returns how many rows were erased.
+        Delivered (the portal has the data now) and spam (never delivered) submissions created
+        before `finished_before`; failed ones whose retry horizon started (acceptance, or the
+        last retry by hand) before `failed_before`. The posted fields, the trace, the CRM
+        values, the idempotency key (the client chose it: it may be an e-mail), the last error
+        and the answer excerpts of every attempt go; ids, statuses, timestamps, error codes
+        and the Bitrix ids stay. The body hash becomes a marker, so an erased row is not
+        selected again and a failed one can no longer be retried by hand.
         """
+        failed_since = func.coalesce(submissions.c.retry_from, submissions.c.created_at)
         async with self._writer.begin() as conn:
             rows = (
                 await conn.execute(
                     select(submissions.c.id, submissions.c.crm)
                     .where(
-                        submissions.c.status.in_([Status.DELIVERED.value, Status.SPAM.value]),
-                        submissions.c.created_at < created_before,
+                        or_(
+                            and_(
+                                submissions.c.status.in_(
+                                    [Status.DELIVERED.value, Status.SPAM.value]
+                                ),
+                                submissions.c.created_at < finished_before,
+                            ),
+                            and_(
+                                submissions.c.status == Status.FAILED.value,
+                                # Implied by the next line (a retry comes after acceptance);
+                                # spelled out so the created_at index narrows the scan.
+                                submissions.c.created_at < failed_before,
+                                failed_since < failed_before,
+                            ),
+                        ),
                         submissions.c.body_hash != ERASED,
                     )
                     .order_by(submissions.c.created_at)
@@ -500,6 +532,7 @@ class Store:
                         fields={},
                         crm=_erased_crm(crm),
                         trace=None,
+                        idempotency_key=None,
                         last_error=None,
                         body_hash=ERASED,
                         updated_at=now,
@@ -511,7 +544,36 @@ class Store:
                     .where(attempts.c.submission_id.in_([r[0] for r in rows]))
                     .values(excerpt=None)
                 )
+                self._erasure_unsettled = True
             return len(rows)
+
+    async def settle_erasure(self) -> bool:
+        """Make what `erase_personal_data` erased unreadable in the database files too.
+
+        SQLite: the old pages stay in the write-ahead log (and the main file keeps them until
+        a checkpoint copies the new ones over), so a TRUNCATE checkpoint copies every logged
+        page into the main file, where secure_delete zeroed the erased values, and empties the
+        log. PostgreSQL keeps the old row versions as dead tuples until (auto)vacuum makes
+        their space reusable; nothing here speeds that up (docs/design.md, Retention).
+        Returns False when the checkpoint could not finish (a reader held an old snapshot);
+        the next call tries again.
+        """
+        if self.engine.dialect.name != "sqlite" or not self._erasure_unsettled:
+            return True
+        # Our own writers wait on the lock instead of in SQLite's busy handler meanwhile. The
+        # checkpoint blocks every writer while it waits for readers, so it waits briefly: an
+        # intake stalled for the full busy timeout would cost more than a retry in an hour.
+        async with self._writer.exclusive(), self.engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.exec_driver_sql(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            try:
+                # (busy, frames in the log, frames copied): busy = 1 when it could not finish.
+                result = await autocommit.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy = bool(result.one()[0])
+            finally:
+                await autocommit.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self._erasure_unsettled = busy
+        return not busy
 
 
 ERASED = "erased"

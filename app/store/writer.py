@@ -40,6 +40,15 @@ class Writer:
         async with self._lock, self._engine.begin() as conn:
             yield conn
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """No other write of this process runs meanwhile (no transaction is opened)."""
+        if self._lock is None:
+            yield
+            return
+        async with self._lock:
+            yield
+
     async def insert(self, values: Mapping[str, Any]) -> bool:
         """Insert one row; False when a unique key already holds it (nothing is written)."""
         if not self._serial:

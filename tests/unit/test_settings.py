@@ -56,6 +56,7 @@ def test_bad_webhook_urls_are_refused_without_echoing_the_secret(url: str) -> No
         ("PORT", "eighty"),
         ("WORKER", "perhaps"),
         ("RATE_LIMIT_PER_IP", "lots"),
+        ("RATE_LIMIT_MAX_CLIENTS", "0"),
         ("DATABASE_URL", "mysql://x"),
         ("FORMS_FILE", "/nonexistent/forms.toml"),
         ("BITRIX_RATE_PER_SECOND", "0"),
@@ -75,6 +76,16 @@ def test_allowed_origins_is_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("ALLOWED_ORIGINS", "https://a.example, https://b.example/")
     settings = Settings.load(_env_file=None)
     assert settings.ALLOWED_ORIGINS == ("https://a.example", "https://b.example")
+
+
+def test_rate_limit_storage_is_a_redis_url_refused_without_echoing_its_password() -> None:
+    url = "redis://:pa55word@cache.internal:6379/0"
+    stored = Settings.load(RATE_LIMIT_STORAGE_URL=url, _env_file=None).RATE_LIMIT_STORAGE_URL
+    assert stored is not None and stored.get_secret_value() == url
+    assert "pa55word" not in repr(stored)
+    with pytest.raises(SettingsError) as err:
+        Settings.load(RATE_LIMIT_STORAGE_URL="http://:pa55word@cache.internal/", _env_file=None)
+    assert "RATE_LIMIT_STORAGE_URL" in str(err.value) and "pa55word" not in str(err.value)
 
 
 def test_rate_limit_zero_turns_it_off() -> None:
