@@ -25,6 +25,8 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "taskName",
+    # uvicorn's copy of its message with ANSI colour codes, for its own formatter only.
+    "color_message",
 }
 
 
