@@ -10,9 +10,16 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.netaddr import is_loopback_host
@@ -22,6 +29,11 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/gateway.db"
 _USER_FIELD_RE = re.compile(r"^UF_CRM_[A-Z0-9_]{1,43}$")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+_DATABASE_SCHEMES = {
+    "postgres://": "postgresql+asyncpg://",
+    "postgresql://": "postgresql+asyncpg://",
+    "sqlite:///": "sqlite+aiosqlite:///",
+}
 
 
 def normalise_origin(value: str) -> str | None:
@@ -230,8 +242,35 @@ class Settings(BaseSettings):
     @field_validator("DATABASE_URL")
     @classmethod
     def _check_database(cls, value: str) -> str:
+        value = value.strip()
+        # What hosting platforms hand out (postgres://, postgresql://) and plain sqlite:// name
+        # the same databases: use the async drivers the gateway runs on.
+        for given, driver in _DATABASE_SCHEMES.items():
+            if value.startswith(given):
+                value = driver + value.removeprefix(given)
+                break
+        if value.startswith("postgresql+asyncpg://") and "sslmode=" in value:
+            # libpq's sslmode (in every platform's URL) is asyncpg's ssl.
+            parts = urlsplit(value)
+            query = [
+                ("ssl" if key == "sslmode" else key, item)
+                for key, item in parse_qsl(parts.query, keep_blank_values=True)
+            ]
+            value = urlunsplit(parts._replace(query=urlencode(query)))
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+            # The message never repeats the URL: it may hold a password.
+            raise ValueError(
+                "must start with postgresql:// (or postgres://, postgresql+asyncpg://) or "
+                "sqlite:/// (or sqlite+aiosqlite:///)"
+            )
+        return value
+
+    @field_validator("LOG_LEVEL", "LOG_FORMAT", mode="before")
+    @classmethod
+    def _any_case(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            return value.upper() if info.field_name == "LOG_LEVEL" else value.lower()
         return value
 
     @field_validator("FORMS_FILE")
@@ -262,5 +301,5 @@ class Settings(BaseSettings):
             lines = []
             for err in exc.errors(include_url=False, include_input=False):
                 name = ".".join(str(p) for p in err["loc"]) or "settings"
-                lines.append(f"{name}: {err['msg']}")
+                lines.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
             raise SettingsError("invalid setting: " + "; ".join(lines)) from None

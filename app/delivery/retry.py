@@ -44,7 +44,10 @@ class RetryPolicy:
         give_up_at = accepted_at + timedelta(seconds=self.horizon_seconds)
         if now >= give_up_at or attempts >= self.max_attempts:
             return None
-        ceiling = min(self.max_delay_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
+        # The exponent is capped: past 2**64 every delay is max_delay anyway, and a float
+        # built from a larger int overflows.
+        doubling = 2 ** min(max(attempts - 1, 0), 64)
+        ceiling = min(self.max_delay_seconds, self.base_seconds * doubling)
         delay = rng.uniform(0, ceiling)
         if isinstance(error, RateLimited):
             delay = max(delay, self.rate_limited_min_seconds * rng.uniform(1.0, 2.0))

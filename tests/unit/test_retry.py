@@ -70,3 +70,11 @@ def test_operation_time_limit_waits_until_the_reset() -> None:
     error.reset_at = T0.timestamp() + 120
     assert 120 <= (delay(error, 1) or 0) <= 121
     assert 60 <= (delay(OperationTimeLimit("blocked"), 1) or 0) <= 61
+
+
+def test_a_huge_attempt_count_gives_the_capped_delay_not_an_overflow() -> None:
+    policy = RetryPolicy(max_attempts=100_000)
+    at = policy.next_attempt(
+        OutcomeUnknown("x"), attempts=5000, accepted_at=T0, now=T0, rng=random.Random(1)
+    )
+    assert at is not None and (at - T0).total_seconds() <= policy.max_delay_seconds

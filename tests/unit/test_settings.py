@@ -115,3 +115,41 @@ def test_env_example_as_a_dotenv_starts_in_sandbox_mode(
     assert settings.sandbox
     assert settings.FORMS_FILE is None
     assert settings.ALLOWED_ORIGINS == ()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:pw@db.example:5432/app", "postgresql+asyncpg://u:pw@db.example:5432/app"),
+        ("postgresql://u:pw@db/app", "postgresql+asyncpg://u:pw@db/app"),
+        (
+            "postgresql://u:pw@db/app?sslmode=require",
+            "postgresql+asyncpg://u:pw@db/app?ssl=require",
+        ),
+        ("sqlite:///./data/x.db", "sqlite+aiosqlite:///./data/x.db"),
+        ("postgresql+asyncpg://u@db/app", "postgresql+asyncpg://u@db/app"),
+    ],
+)
+def test_database_urls_as_platforms_hand_them_out_are_understood(given: str, expected: str) -> None:
+    assert expected == Settings.load(DATABASE_URL=given).DATABASE_URL
+
+
+def test_an_unknown_database_scheme_is_refused_without_echoing_the_password() -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.load(DATABASE_URL="mysql://u:hunter2@db/app")
+    assert "DATABASE_URL" in str(err.value) and "postgresql://" in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+def test_log_level_and_format_in_any_case() -> None:
+    settings = Settings.load(LOG_LEVEL="info", LOG_FORMAT="JSON")
+    assert (settings.LOG_LEVEL, settings.LOG_FORMAT) == ("INFO", "json")
+
+
+def test_messages_speak_plainly_without_pydantic_prefixes() -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.load(ALLOWED_ORIGINS="nope")
+    assert "Value error" not in str(err.value)
+    assert str(err.value) == (
+        "invalid setting: ALLOWED_ORIGINS: 'nope' is not an origin like https://www.example.com"
+    )
