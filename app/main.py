@@ -40,7 +40,7 @@ from app.metrics import Metrics
 from app.observability import RequestIdMiddleware, configure_logging
 from app.sandbox import Emulator, EmulatorConfig, create_emulator_app
 from app.settings import Settings, SettingsError
-from app.store import Status, Store, create_engine, migrate
+from app.store import DatabaseUnavailable, Status, Store, create_engine, migrate
 
 log = logging.getLogger("app.main")
 
@@ -424,7 +424,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (SettingsError, FormsError) as exc:
+    except (SettingsError, FormsError, DatabaseUnavailable) as exc:
         print(f"b24-form-gateway: {exc}", file=sys.stderr)
         return 2
 

@@ -212,3 +212,24 @@ def test_log_lines_carry_the_request_id_and_the_submission_id(tmp_path: Path) ->
     assert accepted[0]["submission_id"] == submission_id
     delivered = [e for e in lines if e["event"] == "delivery.delivered"]
     assert delivered and delivered[0]["submission_id"] == submission_id
+
+
+@pytest.mark.parametrize(
+    ("database_url", "says"),
+    [
+        (f"postgresql://gateway:pw-s3cr3t@127.0.0.1:{free_port()}/gateway", "connection refused"),
+        ("postgres://gateway:pw-s3cr3t@name.invalid:5432/gateway", "does not resolve"),
+        ("sqlite:////proc/no-such-folder/gateway.db", "its folder does not exist"),
+    ],
+)
+@pytest.mark.parametrize("command", [["migrate"], ["worker"], ["submissions", "list"]])
+def test_an_unusable_database_is_one_plain_line_and_exit_2(
+    tmp_path: Path, database_url: str, says: str, command: list[str]
+) -> None:
+    env = clean_env(DATABASE_URL=database_url, B24_WEBHOOK_URL="http://127.0.0.1:9/rest/1/abcdef/")
+    result = run_cli(command, tmp_path, env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # no traceback
+    assert says in lines[0] and "DATABASE_URL" in lines[0]
+    assert "s3cr3t" not in result.stderr

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.admin import service
 from app.admin.service import MAX_LIMIT, AdminContext
-from app.store import Status
+from app.store import DatabaseUnavailable, Status, database_problem
 
 Connect = Callable[[], AdminContext]
 Handler = Callable[[AdminContext, argparse.Namespace], Awaitable[int]]
@@ -91,16 +91,16 @@ def _missing_database(ctx: AdminContext) -> str | None:
 async def _guarded(handler: Handler, ctx: AdminContext, args: argparse.Namespace) -> int:
     try:
         return await handler(ctx, args)
-    except SQLAlchemyError as exc:
-        # The driver's own message names the problem (no such table, refused connection);
-        # it never holds the URL's password.
-        cause = exc.orig if isinstance(exc, DBAPIError) else exc
-        reason = (str(cause).splitlines() or [""])[0][:200]
-        print(
-            f"b24-form-gateway: cannot use the database at DATABASE_URL "
-            f"({type(cause).__name__}: {reason})",
-            file=sys.stderr,
-        )
+    except (OSError, SQLAlchemyError) as exc:
+        # The driver's own words name the problem (no such table, refused connection); they
+        # never hold the URL's password.
+        url = ctx.store.engine.url.render_as_string(hide_password=True)
+        problem = database_problem(exc, url)
+        if problem is None:
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
+            reason = (str(cause).splitlines() or [""])[0][:200]
+            problem = DatabaseUnavailable(f"cannot use the database at DATABASE_URL ({reason})")
+        print(f"b24-form-gateway: {problem}", file=sys.stderr)
         return 2
     finally:
         await ctx.store.engine.dispose()

@@ -1,6 +1,6 @@
 """The database: schema, migrations, and every state change of a submission."""
 
-from app.store.db import create_engine, migrate
+from app.store.db import DatabaseUnavailable, create_engine, database_problem, migrate
 from app.store.leader import Leadership
 from app.store.submissions import (
     AttemptRecord,
@@ -15,6 +15,7 @@ from app.store.tables import Status
 
 __all__ = [
     "AttemptRecord",
+    "DatabaseUnavailable",
     "Enqueued",
     "Leadership",
     "NewSubmission",
@@ -24,5 +25,6 @@ __all__ = [
     "Store",
     "Submission",
     "create_engine",
+    "database_problem",
     "migrate",
 ]

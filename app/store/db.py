@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -26,7 +28,10 @@ def create_engine(url: str) -> AsyncEngine:
         return create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise database_problem(exc, url) or exc from exc
     engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -47,6 +52,53 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+class DatabaseUnavailable(Exception):
+    """DATABASE_URL names a database that cannot be reached or opened. The message says which
+    (never the password) and what to check, in one line."""
+
+
+def database_problem(exc: BaseException, url: str) -> DatabaseUnavailable | None:
+    """What went wrong reaching the database, for a person; None when `exc` is not that."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        where = f"the SQLite database {parsed.database}"
+        hint = "check DATABASE_URL and that the folder exists and is writable by this user"
+    else:
+        where = f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}"
+        where += f" (database {parsed.database})" if parsed.database else ""
+        hint = "check DATABASE_URL and that the server is running and lets this user in"
+    reason = _reason(exc)
+    if reason is None:
+        return None
+    return DatabaseUnavailable(f"cannot use {where}: {reason}; {hint}")
+
+
+def _reason(exc: BaseException) -> str | None:
+    """The root cause in a few words, from the exception or what it wraps."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, TimeoutError):
+            return "no answer in time"
+        if isinstance(seen, PermissionError):
+            return "permission denied"
+        if isinstance(seen, FileNotFoundError):
+            return "its folder does not exist"
+        if isinstance(seen, OSError):
+            return seen.strerror or type(seen).__name__
+        if isinstance(seen, DBAPIError):
+            original = seen.orig
+            # The driver's own sentence ("database "x" does not exist", "password
+            # authentication failed for user "u"", "unable to open database file"): first line.
+            text = str(original.args[0] if original is not None and original.args else seen)
+            return text.splitlines()[0][:200] if text else type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -61,11 +113,17 @@ async def migrate(engine: AsyncEngine) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Replicas start together: one migrates, the others wait here, then find the
-            # schema current. Without it two could both try to create the tables.
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-            )
-        await conn.run_sync(_upgrade)
+    try:
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas start together: one migrates, the others wait here, then find the
+                # schema current. Without it two could both try to create the tables.
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+            await conn.run_sync(_upgrade)
+    except (OSError, DBAPIError) as exc:
+        url = engine.url.render_as_string(hide_password=True)
+        if (problem := database_problem(exc, url)) is not None:
+            raise problem from exc
+        raise
