@@ -28,13 +28,13 @@ def normalise_origin(value: str) -> str | None:
 
     None when `value` names no http(s) origin (e.g. the `null` origin of sandboxed pages).
     """
-    parts = urlsplit(value.strip())
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range
+        return None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
-        return None
-    try:
-        port = parts.port
-    except ValueError:
         return None
     host = parts.hostname  # lower-cased by urlsplit; an IPv6 literal loses its brackets
     if ":" in host:

@@ -65,7 +65,10 @@ def request_origin(headers: Headers) -> str | None:
     referer = headers.get("referer")
     if not referer:
         return None
-    parts = urlsplit(referer)
+    try:
+        parts = urlsplit(referer)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: no origin can be read from it
+        return "null"
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "null"
 
 

@@ -24,7 +24,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.forms import Form, first, map_submission, missing_required, non_empty
+from app.forms import (
+    STANDARD_FIELDS,
+    Form,
+    first,
+    map_submission,
+    missing_required,
+    non_empty,
+)
 from app.intake.body import MULTIPART, URLENCODED, BodyError, media_type, parse_body
 from app.intake.captcha import ALL_TOKEN_FIELDS, CaptchaVerifier, Verdict
 from app.intake.clientip import UNKNOWN, ClientResolver, rate_key
@@ -361,18 +368,31 @@ def _refused(
 
     The target is the forms file's URL (checked against the form's origins at start-up) with
     `error=<reason>` and, for invalid fields, `fields=<names>` added; never a URL from the
-    request.
+    request, and only names the form itself knows (`own_field_names`): a name the client made
+    up would let anyone put text of their choosing into the site's own error page.
     """
     reason = ERROR_REASONS.get(status)
     if not (wants_html and form.error_redirect_url and reason):
         return error_response(status, message, errors)
     params = {"error": reason}
-    if errors:
-        params["fields"] = ",".join(sorted(errors))[:500]
+    known = own_field_names(form)
+    if named := sorted(name for name in errors or () if name in known):
+        params["fields"] = ",".join(named)
     parts = urlsplit(form.error_redirect_url)
     query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
     target = urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
     return RedirectResponse(target, status_code=303)
+
+
+def own_field_names(form: Form) -> frozenset[str]:
+    """The field names a form declares: the standard ones, its mapped `fields`, its
+    `required` groups (as written, `phone|email`) and their members. Never the honeypot."""
+    names = {*STANDARD_FIELDS, *form.fields}
+    for group in form.required:
+        names.add(group)
+        names.update(group.split("|"))
+    names.discard(form.honeypot or "")
+    return frozenset(names)
 
 
 async def _replay(
