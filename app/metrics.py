@@ -79,6 +79,13 @@ class Metrics:
             "Redirects from a renamed portal that were followed (update B24_WEBHOOK_URL).",
             registry=r,
         )
+        self.captcha = Counter(
+            "gateway_captcha_verifications",
+            "Captcha verdicts by result (passed, failed, unavailable) and reason; unavailable "
+            "ones (timeout, unreachable, 5xx) were accepted unverified.",
+            ["result", "reason"],
+            registry=r,
+        )
         self.limiter_wait = Counter(
             "gateway_rate_limiter_wait_seconds",
             "Time spent waiting for the client-side portal rate limiter.",

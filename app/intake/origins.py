@@ -72,6 +72,11 @@ def request_origin(headers: Headers) -> str | None:
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "null"
 
 
+def origin_host(origin: str) -> str:
+    """The host of a normalised origin (`https://www.example.com:8443` -> `www.example.com`)."""
+    return (urlsplit(origin).hostname or "").rstrip(".")
+
+
 def check_redirects(forms: Mapping[str, Form], policy: OriginPolicy) -> None:
     """FormsError when a form would redirect a browser off its allowed origins.
 

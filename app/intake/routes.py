@@ -35,7 +35,7 @@ from app.forms import (
 from app.intake.body import MULTIPART, URLENCODED, BodyError, media_type, parse_body
 from app.intake.captcha import ALL_TOKEN_FIELDS, CaptchaVerifier, Verdict
 from app.intake.clientip import UNKNOWN, ClientResolver, rate_key
-from app.intake.origins import OriginPolicy, check_redirects
+from app.intake.origins import OriginPolicy, check_redirects, origin_host
 from app.intake.ratelimit import RateLimit
 from app.intake.spam import FILL_TIME_FIELD, spam_reason
 from app.metrics import Metrics
@@ -74,11 +74,19 @@ class IntakeContext:
     clients: ClientResolver = field(init=False)
     rate_limit: RateLimit = field(init=False)
     captcha: CaptchaVerifier | None = field(init=False)
+    # Per form: the hosts a captcha may have been solved on (None: any).
+    captcha_hosts: dict[str, frozenset[str] | None] = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.origins = OriginPolicy(settings.ALLOWED_ORIGINS, self.forms)
         check_redirects(self.forms, self.origins)
+        self.captcha_hosts = {}
+        for form_id in self.forms:
+            origins = self.origins.allowed(form_id)
+            self.captcha_hosts[form_id] = (
+                None if origins is None else frozenset(origin_host(o) for o in origins)
+            )
         self.clients = ClientResolver(settings.TRUSTED_PROXIES)
         self.rate_limit = RateLimit(settings.RATE_LIMIT_PER_IP)
         self.captcha = None
@@ -337,7 +345,17 @@ async def _captcha_reason(
     result = await verifier.verify(
         first(values, verifier.token_field),
         remote_ip=None if client_ip == UNKNOWN else client_ip,
+        hostnames=ctx.captcha_hosts.get(form.id),
+        action=form.captcha_action,
     )
+    if ctx.metrics is not None:
+        ctx.metrics.captcha.labels(result=result.verdict.value, reason=result.metric_reason).inc()
+    if result.reason == "misconfigured":
+        # Every post is spam until someone fixes CAPTCHA_SECRET: a person must act.
+        log.error(
+            "intake.captcha_misconfigured",
+            extra={"form_id": form.id, "provider": verifier.provider},
+        )
     if result.verdict is Verdict.FAILED:
         return f"captcha_{result.reason}"
     if result.verdict is Verdict.UNAVAILABLE:
