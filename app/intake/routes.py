@@ -2,9 +2,10 @@
 
 The edge is thin: it never builds Bitrix payloads and never calls the portal. It maps fields
 through `app.forms`, checks the trace through `app.trace`, and commits through `app.store`.
-In order: unknown form (404), origin (403), rate limit (429), body (400/413/415), fields (422),
-idempotent replay (same answer, or 409), spam (honeypot, fill time, captcha: stored as spam,
-answered as a success), commit (202/303; 503 only when the database cannot commit).
+In order: unknown form (404), origin (403), rate limit (429), storage budget (503), body
+(400/413/415), fields (422), idempotent replay (same answer, or 409), spam (honeypot, fill
+time, captcha: stored as evidence only, answered as a success), commit (202/303; 503 only when
+the database cannot commit or the storage budget is spent).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from app.forms import (
     non_empty,
 )
 from app.intake.body import MULTIPART, URLENCODED, BodyError, media_type, parse_body
+from app.intake.budget import StorageBudget
 from app.intake.captcha import ALL_TOKEN_FIELDS, CaptchaVerifier, Verdict
 from app.intake.clientip import UNKNOWN, ClientResolver, rate_key
 from app.intake.origins import OriginPolicy, check_redirects, origin_host
@@ -73,6 +75,7 @@ class IntakeContext:
     origins: OriginPolicy = field(init=False)
     clients: ClientResolver = field(init=False)
     rate_limit: RateLimit = field(init=False)
+    budget: StorageBudget = field(init=False)
     captcha: CaptchaVerifier | None = field(init=False)
     # Per form: the hosts a captcha may have been solved on (None: any).
     captcha_hosts: dict[str, frozenset[str] | None] = field(init=False)
@@ -89,6 +92,14 @@ class IntakeContext:
             )
         self.clients = ClientResolver(settings.TRUSTED_PROXIES)
         self.rate_limit = RateLimit(settings.RATE_LIMIT_PER_IP)
+        self.budget = StorageBudget(
+            self.store,
+            min_free_bytes=settings.STORAGE_MIN_FREE_MB * 1024 * 1024,
+            max_per_form_hour=settings.STORAGE_MAX_SUBMISSIONS_PER_FORM_HOUR,
+            form_ids=self.forms,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
         self.captcha = None
         if settings.CAPTCHA_PROVIDER is not None and settings.CAPTCHA_SECRET is not None:
             self.captcha = CaptchaVerifier(
@@ -259,6 +270,13 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         return error_response(
             429, "too many submissions from this client; try again later", retry_after=wait
         )
+    try:
+        refusal = await ctx.budget.refusal(form.id)
+    except SQLAlchemyError as exc:
+        log.error("intake.store_failed", extra={"form_id": form.id, "error": type(exc).__name__})
+        return error_response(503, "the submission could not be stored; try again")
+    if refusal is not None:
+        return error_response(503, refusal.message, retry_after=refusal.retry_after)
     wants_html = _wants_html(request)
     try:
         body = await parse_body(request, limit=ctx.settings.MAX_BODY_BYTES)
@@ -291,20 +309,29 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
     reason = spam_reason(form, body.fields)
     if reason is None:
         reason = await _captcha_reason(ctx, form, body.fields, client_ip)
-    crm = map_submission(form, fields, trace_utm=trace.utm)
-    new = NewSubmission(
-        id=str(uuid.uuid4()),
-        form_id=form.id,
-        entity=form.entity.value,
-        fields=fields,
-        crm=crm,
-        body_hash=body_hash,
-        idempotency_key=key,
-        trace=trace.value,
-        trace_is_id=trace.is_id,
-        trace_problem=trace.problem.value if trace.problem else None,
-        status=Status.SPAM if reason else Status.ACCEPTED,
-    )
+    if reason is not None:
+        new = NewSubmission.spam(
+            submission_id=str(uuid.uuid4()),
+            form_id=form.id,
+            entity=form.entity.value,
+            body_hash=body_hash,
+            reason=reason,
+            client_key=rate_key(client_ip),
+            idempotency_key=key,
+        )
+    else:
+        new = NewSubmission(
+            id=str(uuid.uuid4()),
+            form_id=form.id,
+            entity=form.entity.value,
+            fields=fields,
+            crm=map_submission(form, fields, trace_utm=trace.utm),
+            body_hash=body_hash,
+            idempotency_key=key,
+            trace=trace.value,
+            trace_is_id=trace.is_id,
+            trace_problem=trace.problem.value if trace.problem else None,
+        )
     try:
         enqueued = await ctx.store.enqueue(new, now=ctx.clock())
     except SQLAlchemyError as exc:
@@ -317,6 +344,7 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         return _refused(form, 409, CONFLICT_MESSAGE, wants_html=wants_html)
     request.state.spam = stored.status is Status.SPAM
     if enqueued.created:
+        ctx.budget.stored(form.id)
         log.info(
             "intake.accepted",
             extra={
