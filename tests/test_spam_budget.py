@@ -10,9 +10,11 @@ import json
 import shutil
 import sqlite3
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from app.store import Status
+from app.retention import erase_expired
+from app.store import NewSubmission, Status, Store, create_engine, migrate
 from tests.conftest import Gateway, Portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
@@ -195,3 +197,29 @@ async def test_below_the_disk_watermark_intake_answers_503_and_the_metric_shows_
     assert 0 < metric(metrics, "gateway_storage_free_bytes") <= free * 2
     store = await gateway.store()
     assert (await store.search()).total == 0
+
+
+async def test_retention_erases_a_spam_rows_client_key_and_keeps_its_reason(
+    tmp_path: Path,
+) -> None:
+    store = Store(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'retention.db'}"))
+    await migrate(store.engine)
+    now = datetime.now(UTC)
+    try:
+        for days, submission_id in ((40, "old"), (10, "recent")):
+            spam = NewSubmission.spam(
+                submission_id=submission_id,
+                form_id="contact",
+                entity="lead",
+                body_hash="ab" * 32,
+                reason="honeypot",
+                client_key="2001:db8:1:2::/64",
+            )
+            await store.enqueue(spam, now=now - timedelta(days=days))
+        assert await erase_expired(store, days=30, now=now) == 1
+        old, recent = await store.get("old"), await store.get("recent")
+        assert old is not None and recent is not None
+        assert (old.client_key, old.body_hash, old.spam_reason) == (None, "erased", "honeypot")
+        assert (recent.client_key, recent.body_hash) == ("2001:db8:1:2::/64", "ab" * 32)
+    finally:
+        await store.engine.dispose()
