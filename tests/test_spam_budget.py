@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from app.retention import erase_expired
 from app.store import NewSubmission, Status, Store, create_engine, migrate
@@ -142,7 +145,11 @@ BUDGET_FORMS = """
 
 
 async def test_past_a_forms_hourly_budget_intake_answers_503_and_counts_it(
-    portal: Portal, make_gateway: MakeGateway, tmp_path: Path, backend_database_url: str
+    portal: Portal,
+    make_gateway: MakeGateway,
+    tmp_path: Path,
+    backend_database_url: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     forms = tmp_path / "forms.toml"
     forms.write_text(BUDGET_FORMS)
@@ -152,6 +159,7 @@ async def test_past_a_forms_hourly_budget_intake_answers_503_and_counts_it(
         FORMS_FILE=forms,
         STORAGE_MAX_SUBMISSIONS_PER_FORM_HOUR=5,
     )
+    caplog.set_level(logging.WARNING, logger="app.intake")
     async with gateway.client() as client:
         answers = []
         for n in range(5):
@@ -173,6 +181,11 @@ async def test_past_a_forms_hourly_budget_intake_answers_503_and_counts_it(
     assert metric(metrics, "gateway_storage_refused_total", form="contact", reason="form_hour") == 2
     store = await gateway.store()
     assert (await store.search(form_id="contact")).total == 5
+    # A flood is refused thousands of times a minute; the log says so once a minute.
+    events = [r for r in caplog.records if r.getMessage() == "intake.storage_budget_exceeded"]
+    assert [(getattr(r, "form_id", None), getattr(r, "reason", None)) for r in events] == [
+        ("contact", "form_hour")
+    ]
 
 
 async def test_below_the_disk_watermark_intake_answers_503_and_the_metric_shows_free_space(

@@ -28,6 +28,7 @@ WINDOW = timedelta(hours=1)
 RECOUNT_SECONDS = 5.0
 DISK_CHECK_SECONDS = 1.0
 DISK_RETRY_AFTER_SECONDS = 60
+LOG_EVERY_SECONDS = 60.0
 DISK = "disk"
 FORM_HOUR = "form_hour"
 
@@ -70,6 +71,7 @@ class StorageBudget:
         self._free: tuple[int, float] | None = None
         self._counts: dict[str, _FormCount] = {}
         self._lock = asyncio.Lock()
+        self._refused: dict[tuple[str, str], tuple[int, float | None]] = {}
         if metrics is not None:
             for form_id in form_ids:  # series from the start, so increase() sees the first
                 for reason in (DISK, FORM_HOUR):
@@ -85,11 +87,22 @@ class StorageBudget:
         if refusal is not None:
             if self._metrics is not None:
                 self._metrics.storage_refused.labels(form=form_id, reason=refusal.reason).inc()
-            log.warning(
-                "intake.storage_budget_exceeded",
-                extra={"form_id": form_id, "reason": refusal.reason},
-            )
+            self._log_refusal(form_id, refusal.reason)
         return refusal
+
+    def _log_refusal(self, form_id: str, reason: str) -> None:
+        # A flood is refused thousands of times a minute: one line a minute says as much.
+        key = (form_id, reason)
+        refused, logged_at = self._refused.get(key, (0, None))
+        now = time.monotonic()
+        if logged_at is not None and now - logged_at < LOG_EVERY_SECONDS:
+            self._refused[key] = (refused + 1, logged_at)
+            return
+        self._refused[key] = (0, now)
+        log.warning(
+            "intake.storage_budget_exceeded",
+            extra={"form_id": form_id, "reason": reason, "refused_since_last": refused},
+        )
 
     def stored(self, form_id: str) -> None:
         """A row of this form was created: counted until the next recount."""
