@@ -91,6 +91,9 @@ class _FormModel(BaseModel):
     error_redirect_url: str | None = None
     min_fill_seconds: float = Field(default=0, ge=0, le=3600)
     captcha: bool = True
+    # The widget action (Turnstile `data-action`, reCAPTCHA v3 `action`) a token must have been
+    # solved for; unset, any action passes.
+    captcha_action: str | None = Field(default=None, min_length=1, max_length=64)
     # Whether a numeric trace (the id of an existing trace) is sent. getTrace() never returns
     # one, and on a public form an id would let a visitor attach their record to anyone's trace.
     trace_ids: bool = False
@@ -176,6 +179,7 @@ class Form:
     error_redirect_url: str | None = None
     min_fill_seconds: float = 0
     captcha: bool = True
+    captcha_action: str | None = None
     trace_ids: bool = False
 
 

@@ -79,6 +79,25 @@ class Metrics:
             "Redirects from a renamed portal that were followed (update B24_WEBHOOK_URL).",
             registry=r,
         )
+        self.captcha = Counter(
+            "gateway_captcha_verifications",
+            "Captcha verdicts by result (passed, failed, unavailable) and reason; unavailable "
+            "ones (timeout, unreachable, 5xx) were accepted unverified.",
+            ["result", "reason"],
+            registry=r,
+        )
+        self.storage_refused = Counter(
+            "gateway_storage_refused",
+            "Posts answered 503 by the storage budget, by form and reason (disk: free space "
+            "below STORAGE_MIN_FREE_MB; form_hour: STORAGE_MAX_SUBMISSIONS_PER_FORM_HOUR).",
+            ["form", "reason"],
+            registry=r,
+        )
+        self.storage_free = Gauge(
+            "gateway_storage_free_bytes",
+            "Free space on the disk holding the SQLite database (SQLite with a watermark only).",
+            registry=r,
+        )
         self.limiter_wait = Counter(
             "gateway_rate_limiter_wait_seconds",
             "Time spent waiting for the client-side portal rate limiter.",

@@ -41,13 +41,13 @@ def normalise_origin(value: str) -> str | None:
 
     None when `value` names no http(s) origin (e.g. the `null` origin of sandboxed pages).
     """
-    parts = urlsplit(value.strip())
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range
+        return None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
-        return None
-    try:
-        port = parts.port
-    except ValueError:
         return None
     host = parts.hostname  # lower-cased by urlsplit; an IPv6 literal loses its brackets
     if ":" in host:
@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     CAPTCHA_VERIFY_URL: str | None = None  # unset: the provider's own siteverify URL
     CAPTCHA_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=60)
     CAPTCHA_MIN_SCORE: float = Field(default=0.5, ge=0, le=1)  # reCAPTCHA v3 scores only
+    # The storage budget: posts are answered 503 rather than stored while the SQLite database's
+    # disk has less free space than this (0 = off), or once a form added this many rows,
+    # spam included, in the last hour (0 = off; works on PostgreSQL too).
+    STORAGE_MIN_FREE_MB: int = Field(default=512, ge=0)
+    STORAGE_MAX_SUBMISSIONS_PER_FORM_HOUR: int = Field(default=5000, ge=0)
 
     # --- privacy ---
     RETENTION_DAYS: int = Field(default=30, ge=0)  # 0 keeps personal data forever

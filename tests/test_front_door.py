@@ -46,9 +46,12 @@ HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 class FakeVerifier:
     """A captcha provider's verify endpoint, served for real on loopback, for all four formats.
 
-    Tokens: `pass…` passes once (a second use fails, as with real providers); `fail…` fails;
-    `down` answers 502; `slow` answers after 2 s; `garbage` answers HTML. A wrong secret gets
-    each provider's "bad secret" answer. Every request is recorded.
+    Tokens: `pass…` passes once (a second use fails, as with real providers), solved on
+    `shop.example` unless the token names a host after `@`, and for the action named after `#`
+    (none by default); `fail…` fails; `down` answers 502, `unavailable` 503; `internal` is the
+    provider's own `internal-error`; `refuse` answers 400; `slow` answers after 2 s; `garbage`
+    answers HTML. A wrong secret gets each provider's "bad secret" answer. Every request is
+    recorded.
     """
 
     server: RunningServer
@@ -70,6 +73,12 @@ def fake_verifier_app(fake: FakeVerifier) -> Starlette:
         token = form.get("token" if provider == "yandex" else "response", "")
         if token == "down":
             return PlainTextResponse("bad gateway", status_code=502)
+        if token == "unavailable":
+            return PlainTextResponse("service unavailable", status_code=503)
+        if token == "refuse":
+            return JSONResponse({"success": False, "error-codes": ["bad-request"]}, 400)
+        if token == "internal":
+            return JSONResponse({"success": False, "error-codes": ["internal-error"]})
         if token == "slow":
             await asyncio.sleep(2)
         if token == "garbage":
@@ -78,14 +87,21 @@ def fake_verifier_app(fake: FakeVerifier) -> Starlette:
         passed = secret_ok and token.startswith("pass") and token not in fake.used
         if passed:
             fake.used.add(token)
+        rest, _, action = token.partition("#")
+        host = rest.partition("@")[2] or "shop.example"
         if provider == "yandex":
             if not secret_ok:
                 return JSONResponse({"status": "failed", "message": "Authentication failed"}, 403)
-            return JSONResponse({"status": "ok" if passed else "failed", "message": ""})
+            status = "ok" if passed else "failed"
+            return JSONResponse({"status": status, "message": "", "host": host})
         codes = [] if passed else ["invalid-input-response"]
         if not secret_ok:
             codes = ["invalid-input-secret"]
         answer: dict[str, Any] = {"success": passed, "error-codes": codes}
+        if passed:
+            answer["hostname"] = host
+            if provider in ("turnstile", "recaptcha"):
+                answer["action"] = action
         if provider == "recaptcha" and passed:
             answer["score"] = 0.1 if "lowscore" in token else 0.9
         return JSONResponse(answer)
@@ -749,21 +765,30 @@ async def test_a_low_recaptcha_v3_score_is_spam(
     assert await status_of(store, response.json()["id"]) is Status.SPAM
 
 
+def captcha_count(metrics: str, result: str, reason: str) -> float:
+    line = f'gateway_captcha_verifications_total{{reason="{reason}",result="{result}"}} '
+    for row in metrics.splitlines():
+        if row.startswith(line):
+            return float(row[len(line) :])
+    return 0.0
+
+
 @pytest.mark.parametrize(
-    ("token", "overrides", "reason"),
+    ("token", "overrides", "reason", "metric_reason"),
     [
-        ("down", {}, "http_502"),
-        ("garbage", {}, "not_json"),
-        ("slow", {"CAPTCHA_TIMEOUT_SECONDS": 0.3}, "timeout"),
-        ("pass-x", {"CAPTCHA_SECRET": "a-wrong-secret"}, "misconfigured"),
+        ("down", {}, "http_502", "http_5xx"),
+        ("unavailable", {}, "http_503", "http_5xx"),
+        ("internal", {}, "internal-error", "internal-error"),
+        ("slow", {"CAPTCHA_TIMEOUT_SECONDS": 0.3}, "timeout", "timeout"),
         (
             "pass-x",
             {"CAPTCHA_VERIFY_URL": f"http://127.0.0.1:{free_port()}/nothing"},
             "unreachable",
+            "unreachable",
         ),
     ],
 )
-async def test_a_verifier_without_a_verdict_lets_the_submission_through_and_says_so(
+async def test_a_verifier_that_cannot_answer_lets_the_submission_through_and_counts_it(
     portal: Portal,
     make_gateway: MakeGateway,
     verifier: FakeVerifier,
@@ -772,9 +797,10 @@ async def test_a_verifier_without_a_verdict_lets_the_submission_through_and_says
     token: str,
     overrides: dict[str, Any],
     reason: str,
+    metric_reason: str,
 ) -> None:
     # Losing real leads to the provider's outage would be worse than a few bots getting in
-    # while the rate limit and the honeypot still stand: accepted, delivered, logged.
+    # while the rate limit and the honeypot still stand: accepted, delivered, logged, counted.
     gateway = await captcha_gateway(
         make_gateway, portal, tmp_path, "turnstile", verifier.url("turnstile"), **overrides
     )
@@ -783,11 +809,126 @@ async def test_a_verifier_without_a_verdict_lets_the_submission_through_and_says
             response = await client.post(
                 "/forms/contact", data={**PHONE, "cf-turnstile-response": token}
             )
+            metrics = (await client.get("/metrics")).text
         assert response.status_code == 202
         await delivered(portal, response.json()["id"])
     events = [r for r in caplog.records if r.getMessage() == "intake.captcha_unavailable"]
     assert [getattr(r, "reason", None) for r in events] == [reason]
     assert all(CAPTCHA_SECRET not in r.getMessage() for r in caplog.records)
+    assert captcha_count(metrics, "unavailable", metric_reason) == 1
+
+
+@pytest.mark.parametrize(
+    ("provider", "token", "overrides", "spam_reason", "metric_reason"),
+    [
+        ("turnstile", "refuse", {}, "captcha_http_400", "http_4xx"),
+        ("turnstile", "garbage", {}, "captcha_not_json", "not_json"),
+        ("turnstile", "fail-1", {}, "captcha_invalid-input-response", "refused"),
+        (
+            "turnstile",
+            "pass-x",
+            {"CAPTCHA_SECRET": "a-wrong-secret"},
+            "captcha_misconfigured",
+            "misconfigured",
+        ),
+        ("yandex", "refuse", {}, "captcha_http_400", "http_4xx"),
+        (
+            "yandex",
+            "pass-x",
+            {"CAPTCHA_SECRET": "a-wrong-secret"},
+            "captcha_misconfigured",
+            "misconfigured",
+        ),
+    ],
+)
+async def test_a_verifier_that_refuses_or_answers_nonsense_makes_the_submission_spam(
+    portal: Portal,
+    make_gateway: MakeGateway,
+    verifier: FakeVerifier,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    provider: str,
+    token: str,
+    overrides: dict[str, Any],
+    spam_reason: str,
+    metric_reason: str,
+) -> None:
+    gateway = await captcha_gateway(
+        make_gateway, portal, tmp_path, provider, verifier.url(provider), **overrides
+    )
+    with caplog.at_level(logging.INFO, logger="app.intake"):
+        async with gateway.client() as client:
+            refused = await client.post(
+                "/forms/contact", data={**PHONE, TOKEN_FIELDS[provider]: token}
+            )
+            control = await client.post("/forms/open", data={"phone": "+15550007777"})
+            metrics = (await client.get("/metrics")).text
+    assert refused.status_code == 202  # spam gets the ordinary success answer
+    await delivered(portal, control.json()["id"])
+    store = await gateway.store()
+    assert await status_of(store, refused.json()["id"]) is Status.SPAM
+    assert leads_with_origin(portal, refused.json()["id"]) == []
+    accepted = [r for r in caplog.records if r.getMessage() == "intake.accepted"]
+    assert [getattr(r, "spam_reason", None) for r in accepted] == [spam_reason, None]
+    assert captcha_count(metrics, "failed", metric_reason) == 1
+    # A wrong secret spams every post until someone fixes it: an ERROR, without the secret.
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == (["intake.captcha_misconfigured"] if "misconfigured" in spam_reason else [])
+    assert all("a-wrong-secret" not in r.getMessage() for r in caplog.records)
+
+
+SITE_FORMS = f"""
+[forms.contact]
+allowed_origins = ["{SHOP}", "https://www.shop.example:8443"]
+captcha_action = "contact"
+
+[forms.anyaction]
+allowed_origins = ["{SHOP}"]
+"""
+
+
+# Turnstile reports a hostname and an action, Yandex a `host` only; the other providers' answers
+# are read the same way (tests/unit/test_captcha.py).
+@pytest.mark.parametrize("provider", ["turnstile", "yandex"])
+async def test_a_token_solved_on_another_site_or_for_another_action_is_spam(
+    portal: Portal,
+    make_gateway: MakeGateway,
+    verifier: FakeVerifier,
+    tmp_path: Path,
+    provider: str,
+) -> None:
+    gateway = await make_gateway(
+        portal,
+        FORMS_FILE=forms_file(tmp_path, SITE_FORMS),
+        CAPTCHA_PROVIDER=provider,
+        CAPTCHA_SECRET=CAPTCHA_SECRET,
+        CAPTCHA_VERIFY_URL=verifier.url(provider),
+    )
+    token_field = TOKEN_FIELDS[provider]
+    reports_action = provider in ("turnstile", "recaptcha")
+    cases = [
+        ("contact", "pass-1@shop.example#contact", True),
+        ("contact", "pass-2@www.shop.example#contact", True),
+        ("contact", "pass-3@SHOP.example.", True),  # no action reported: not checked
+        ("contact", "pass-4@evil.example#contact", False),
+        ("contact", "pass-5@shop.example.evil.example#contact", False),
+        ("contact", "pass-6@shop.example#login", not reports_action),
+        ("anyaction", "pass-7@shop.example#login", True),
+        ("anyaction", "pass-8@evil.example", False),
+    ]
+    answers = []
+    async with gateway.client() as client:
+        for form_id, token, _ in cases:
+            response = await client.post(f"/forms/{form_id}", data={**PHONE, token_field: token})
+            assert response.status_code == 202
+            answers.append(response.json()["id"])
+    store = await gateway.store()
+    for (_, token, passes), submission_id in zip(cases, answers, strict=True):
+        if passes:
+            await delivered(portal, submission_id)
+        else:
+            assert await status_of(store, submission_id) is Status.SPAM, token
+    assert len(portal.records("lead")) == sum(passes for *_, passes in cases)
 
 
 async def test_a_replay_is_not_verified_again_and_a_fresh_token_is_no_conflict(

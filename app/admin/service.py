@@ -93,6 +93,7 @@ def summary(sub: Submission) -> dict[str, object]:
         "last_error_code": sub.last_error_code,
         "bitrix_ids": dict(sub.bitrix_ids),
         "trace_problem": sub.trace_problem,
+        "spam_reason": sub.spam_reason,
     }
 
 
@@ -131,6 +132,12 @@ async def show(ctx: AdminContext, submission_id: str) -> dict[str, object] | Non
         "crm": sub.crm,
         "trace": sub.trace,
         "trace_is_id": sub.trace_is_id,
+        # Spam keeps only evidence: who sent it (the rate-limit key) and its content's hash.
+        **(
+            {"client_key": sub.client_key, "content_sha256": sub.body_hash}
+            if sub.status is Status.SPAM
+            else {}
+        ),
         "delivery_attempts": [_attempt(a) for a in attempts],
         "commands": commands_of(ctx, sub),
     }

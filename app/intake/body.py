@@ -1,18 +1,22 @@
 """Reads and parses a submission body: urlencoded, multipart or JSON, within a size limit.
 
 Produces flat fields (name -> values) plus the raw trace value; every failure is a `BodyError`
-carrying the HTTP status the client gets (400, 413, 415, 422). Never raises anything else.
+carrying the HTTP status the client gets (400, 413, 415, 422). Never raises anything else:
+whatever the client chooses (the charset, the size and kind of numbers, the nesting, the bytes
+themselves) ends in a parsed body or a `BodyError`, and the parsed text is always storable
+(valid Unicode without lone surrogates, no NUL).
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import math
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
@@ -22,6 +26,9 @@ MAX_FIELD_CHARS = 10_000
 MAX_NAME_CHARS = 100
 # Repeated names (checkbox groups, several phones) are fine; thousands of them are not a form.
 MAX_VALUES_PER_FIELD = 50
+# A form is flat; a trace object is a few levels deep. Deeper JSON is no submission, and the
+# portal's json_decode stops at 512 levels anyway.
+MAX_JSON_DEPTH = 32
 
 
 class BodyError(Exception):
@@ -74,11 +81,16 @@ async def read_limited(request: Request, limit: int) -> bytes:
         raise BodyError(413, f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyError(413, f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyError(413, f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away mid-body (or sent chunked framing the server gave up on):
+        # nothing to store and nobody to answer, but no server error either.
+        raise BodyError(400, "the body was cut off before its end") from None
     return b"".join(chunks)
 
 
@@ -92,6 +104,7 @@ async def parse_body(request: Request, *, limit: int) -> ParsedBody:
     else:
         parsed = await _parse_multipart(request, raw)
     parsed.raw = raw
+    _check_text(parsed)
     _check_sizes(parsed.fields)
     return parsed
 
@@ -100,16 +113,25 @@ def _charset(request: Request) -> str:
     _, params = media_type(request)
     charset = params.get("charset", "utf-8")
     try:
-        return codecs.lookup(charset).name
+        name = codecs.lookup(charset).name
     except LookupError:
         raise BodyError(415, f"unsupported charset {charset[:40]!r}") from None
+    try:
+        # codecs also knows bytes-to-bytes transforms (base64, zlib, rot13...): decoding
+        # with one raises LookupError (empty input would skip the check, hence one byte).
+        b"a".decode(name)
+    except LookupError:
+        raise BodyError(415, f"unsupported charset {charset[:40]!r}") from None
+    except ValueError:
+        pass  # a text encoding that cannot decode "a" alone (utf-16): judged on the body
+    return name
 
 
 def _parse_urlencoded(raw: bytes, charset: str) -> ParsedBody:
     try:
         text = raw.decode("ascii") if charset != "utf-8" else raw.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeError, ValueError, LookupError):
         raise BodyError(400, f"the body is not valid {charset} form data") from None
     body = ParsedBody(kind=URLENCODED)
     for name, value in pairs:
@@ -150,16 +172,29 @@ async def _parse_multipart(request: Request, raw: bytes) -> ParsedBody:
     return body
 
 
+class _JsonRefused(ValueError):
+    """JSON that parses in Python but is no submission; the message is the client's answer."""
+
+
 def _parse_json(raw: bytes) -> ParsedBody:
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
         # `\ud800` escapes decode to lone surrogates, which are not text: nothing could
         # store, hash or forward them as UTF-8.
         json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except _JsonRefused as exc:
+        raise BodyError(400, str(exc)) from None
     except (UnicodeError, ValueError, RecursionError):
         raise BodyError(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BodyError(400, "the JSON body must be an object of fields")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise BodyError(400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
     body = ParsedBody(kind=JSON_TYPE)
     errors: dict[str, str] = {}
     for name, value in data.items():
@@ -177,6 +212,45 @@ def _parse_json(raw: bytes) -> ParsedBody:
     if errors:
         raise BodyError(422, "some fields are invalid", errors)
     return body
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # Two parsers (a proxy's, ours) could each take a different one of two equal keys.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _JsonRefused("the JSON body repeats a key in one object")
+    return result
+
+
+def _no_constant(name: str) -> object:
+    # NaN and Infinity are Python's extension, not JSON; nothing downstream reads them.
+    raise _JsonRefused(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _JsonRefused("a number in the JSON body is out of range")
+    return value
+
+
+def _depth(data: object) -> int:
+    """How deeply `data` nests (an iterative walk: the depth is the client's to choose)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            items: list[object] = list(item.values())
+        elif isinstance(item, list):
+            items = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in items)
+    return deepest
 
 
 def _scalar(value: object) -> str:
@@ -197,6 +271,22 @@ def _add(body: ParsedBody, name: str, value: str) -> None:
             body.trace = value
         return
     body.fields.setdefault(name, []).append(value)
+
+
+def _check_text(body: ParsedBody) -> None:
+    """400 unless every name and value is text UTF-8 can carry.
+
+    A declared charset's decoder (utf-7, unicode-escape...) can produce lone surrogates, which
+    no database, hash or portal takes.
+    """
+    texts = [*body.fields, *(v for values in body.fields.values() for v in values)]
+    if isinstance(body.trace, str):
+        texts.append(body.trace)
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BodyError(400, "the body holds text that is not valid Unicode") from None
 
 
 def _check_sizes(fields: dict[str, list[str]]) -> None:

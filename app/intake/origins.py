@@ -65,8 +65,16 @@ def request_origin(headers: Headers) -> str | None:
     referer = headers.get("referer")
     if not referer:
         return None
-    parts = urlsplit(referer)
+    try:
+        parts = urlsplit(referer)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: no origin can be read from it
+        return "null"
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "null"
+
+
+def origin_host(origin: str) -> str:
+    """The host of a normalised origin (`https://www.example.com:8443` -> `www.example.com`)."""
+    return (urlsplit(origin).hostname or "").rstrip(".")
 
 
 def check_redirects(forms: Mapping[str, Form], policy: OriginPolicy) -> None:

@@ -2,9 +2,10 @@
 
 The edge is thin: it never builds Bitrix payloads and never calls the portal. It maps fields
 through `app.forms`, checks the trace through `app.trace`, and commits through `app.store`.
-In order: unknown form (404), origin (403), rate limit (429), body (400/413/415), fields (422),
-idempotent replay (same answer, or 409), spam (honeypot, fill time, captcha: stored as spam,
-answered as a success), commit (202/303; 503 only when the database cannot commit).
+In order: unknown form (404), origin (403), rate limit (429), storage budget (503), body
+(400/413/415), fields (422), idempotent replay (same answer, or 409), spam (honeypot, fill
+time, captcha: stored as evidence only, answered as a success), commit (202/303; 503 only when
+the database cannot commit or the storage budget is spent).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.forms import (
+    STANDARD_FIELDS,
     Form,
     canonical_fields,
     first,
@@ -33,9 +35,10 @@ from app.forms import (
     non_empty,
 )
 from app.intake.body import MULTIPART, URLENCODED, BodyError, media_type, parse_body
+from app.intake.budget import StorageBudget
 from app.intake.captcha import ALL_TOKEN_FIELDS, CaptchaVerifier, Verdict
 from app.intake.clientip import UNKNOWN, ClientResolver, rate_key
-from app.intake.origins import OriginPolicy, check_redirects
+from app.intake.origins import OriginPolicy, check_redirects, origin_host
 from app.intake.ratelimit import RateLimit
 from app.intake.spam import FILL_TIME_FIELD, spam_reason
 from app.metrics import Metrics
@@ -73,12 +76,21 @@ class IntakeContext:
     origins: OriginPolicy = field(init=False)
     clients: ClientResolver = field(init=False)
     rate_limit: RateLimit = field(init=False)
+    budget: StorageBudget = field(init=False)
     captcha: CaptchaVerifier | None = field(init=False)
+    # Per form: the hosts a captcha may have been solved on (None: any).
+    captcha_hosts: dict[str, frozenset[str] | None] = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.origins = OriginPolicy(settings.ALLOWED_ORIGINS, self.forms)
         check_redirects(self.forms, self.origins)
+        self.captcha_hosts = {}
+        for form_id in self.forms:
+            origins = self.origins.allowed(form_id)
+            self.captcha_hosts[form_id] = (
+                None if origins is None else frozenset(origin_host(o) for o in origins)
+            )
         self.clients = ClientResolver(settings.TRUSTED_PROXIES)
         metrics = self.metrics
         self.rate_limit = RateLimit(
@@ -89,6 +101,14 @@ class IntakeContext:
             on_active_eviction=(
                 metrics.rate_limit_active_evictions.inc if metrics else lambda: None
             ),
+        )
+        self.budget = StorageBudget(
+            self.store,
+            min_free_bytes=settings.STORAGE_MIN_FREE_MB * 1024 * 1024,
+            max_per_form_hour=settings.STORAGE_MAX_SUBMISSIONS_PER_FORM_HOUR,
+            form_ids=self.forms,
+            clock=self.clock,
+            metrics=self.metrics,
         )
         self.captcha = None
         if settings.CAPTCHA_PROVIDER is not None and settings.CAPTCHA_SECRET is not None:
@@ -261,6 +281,13 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         return error_response(
             429, "too many submissions from this client; try again later", retry_after=wait
         )
+    try:
+        refusal = await ctx.budget.refusal(form.id)
+    except SQLAlchemyError as exc:
+        log.error("intake.store_failed", extra={"form_id": form.id, "error": type(exc).__name__})
+        return error_response(503, "the submission could not be stored; try again")
+    if refusal is not None:
+        return error_response(503, refusal.message, retry_after=refusal.retry_after)
     wants_html = _wants_html(request)
     try:
         body = await parse_body(request, limit=ctx.settings.MAX_BODY_BYTES)
@@ -295,20 +322,29 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
     reason = spam_reason(form, body.fields)
     if reason is None:
         reason = await _captcha_reason(ctx, form, body.fields, client_ip)
-    crm = map_submission(form, fields, trace_utm=trace.utm)
-    new = NewSubmission(
-        id=str(uuid.uuid4()),
-        form_id=form.id,
-        entity=form.entity.value,
-        fields=fields,
-        crm=crm,
-        body_hash=body_hash,
-        idempotency_key=key,
-        trace=trace.value,
-        trace_is_id=trace.is_id,
-        trace_problem=trace.problem.value if trace.problem else None,
-        status=Status.SPAM if reason else Status.ACCEPTED,
-    )
+    if reason is not None:
+        new = NewSubmission.spam(
+            submission_id=str(uuid.uuid4()),
+            form_id=form.id,
+            entity=form.entity.value,
+            body_hash=body_hash,
+            reason=reason,
+            client_key=rate_key(client_ip),
+            idempotency_key=key,
+        )
+    else:
+        new = NewSubmission(
+            id=str(uuid.uuid4()),
+            form_id=form.id,
+            entity=form.entity.value,
+            fields=fields,
+            crm=map_submission(form, fields, trace_utm=trace.utm),
+            body_hash=body_hash,
+            idempotency_key=key,
+            trace=trace.value,
+            trace_is_id=trace.is_id,
+            trace_problem=trace.problem.value if trace.problem else None,
+        )
     try:
         enqueued = await ctx.store.enqueue(new, now=ctx.clock())
     except SQLAlchemyError as exc:
@@ -321,6 +357,7 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         return _refused(form, 409, CONFLICT_MESSAGE, wants_html=wants_html)
     request.state.spam = stored.status is Status.SPAM
     if enqueued.created:
+        ctx.budget.stored(form.id)
         log.info(
             "intake.accepted",
             extra={
@@ -349,7 +386,17 @@ async def _captcha_reason(
     result = await verifier.verify(
         first(values, verifier.token_field),
         remote_ip=None if client_ip == UNKNOWN else client_ip,
+        hostnames=ctx.captcha_hosts.get(form.id),
+        action=form.captcha_action,
     )
+    if ctx.metrics is not None:
+        ctx.metrics.captcha.labels(result=result.verdict.value, reason=result.metric_reason).inc()
+    if result.reason == "misconfigured":
+        # Every post is spam until someone fixes CAPTCHA_SECRET: a person must act.
+        log.error(
+            "intake.captcha_misconfigured",
+            extra={"form_id": form.id, "provider": verifier.provider},
+        )
     if result.verdict is Verdict.FAILED:
         return f"captcha_{result.reason}"
     if result.verdict is Verdict.UNAVAILABLE:
@@ -380,18 +427,31 @@ def _refused(
 
     The target is the forms file's URL (checked against the form's origins at start-up) with
     `error=<reason>` and, for invalid fields, `fields=<names>` added; never a URL from the
-    request.
+    request, and only names the form itself knows (`own_field_names`): a name the client made
+    up would let anyone put text of their choosing into the site's own error page.
     """
     reason = ERROR_REASONS.get(status)
     if not (wants_html and form.error_redirect_url and reason):
         return error_response(status, message, errors)
     params = {"error": reason}
-    if errors:
-        params["fields"] = ",".join(sorted(errors))[:500]
+    known = own_field_names(form)
+    if named := sorted(name for name in errors or () if name in known):
+        params["fields"] = ",".join(named)
     parts = urlsplit(form.error_redirect_url)
     query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
     target = urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
     return RedirectResponse(target, status_code=303)
+
+
+def own_field_names(form: Form) -> frozenset[str]:
+    """The field names a form declares: the standard ones, its mapped `fields`, its
+    `required` groups (as written, `phone|email`) and their members. Never the honeypot."""
+    names = {*STANDARD_FIELDS, *form.fields}
+    for group in form.required:
+        names.add(group)
+        names.update(group.split("|"))
+    names.discard(form.honeypot or "")
+    return frozenset(names)
 
 
 async def _replay(

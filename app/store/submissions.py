@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select, update
@@ -39,6 +40,35 @@ class NewSubmission:
     trace_is_id: bool = False
     trace_problem: str | None = None
     status: Status = Status.ACCEPTED
+    spam_reason: str | None = None
+    client_key: str | None = None
+
+    @classmethod
+    def spam(
+        cls,
+        *,
+        submission_id: str,
+        form_id: str,
+        entity: str,
+        body_hash: str,
+        reason: str,
+        client_key: str,
+        idempotency_key: str | None = None,
+    ) -> NewSubmission:
+        """Spam as evidence, not as payload: no fields, no CRM values, no trace, so a flood of
+        large spam posts costs a few hundred bytes a post."""
+        return cls(
+            id=submission_id,
+            form_id=form_id,
+            entity=entity,
+            fields={},
+            crm={},
+            body_hash=body_hash,
+            idempotency_key=idempotency_key,
+            status=Status.SPAM,
+            spam_reason=reason[:64],
+            client_key=client_key[:64],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +97,8 @@ class Submission:
     bitrix_ids: dict[str, int]
     delivered_at: datetime | None
     retry_from: datetime | None = None
+    spam_reason: str | None = None
+    client_key: str | None = None
 
     @property
     def horizon_start(self) -> datetime:
@@ -167,6 +199,8 @@ class Store:
             "bitrix_ids": {},
             "delivered_at": None,
             "retry_from": None,
+            "spam_reason": new.spam_reason,
+            "client_key": new.client_key,
         }
         if await self._writer.insert(values):
             return Enqueued(_row(values), created=True)
@@ -259,6 +293,25 @@ class Store:
                 if (i := slot(done)) is not None:
                     delivered[i] += 1
         return [(since + bucket * i, received[i], delivered[i]) for i in range(count)]
+
+    async def created_since(self, form_id: str, since: datetime) -> tuple[int, datetime | None]:
+        """How many submissions of a form (spam included) were created since then, and when
+        the oldest of them was."""
+        query = select(func.count(), func.min(submissions.c.created_at)).where(
+            submissions.c.form_id == form_id, submissions.c.created_at >= since
+        )
+        async with self.engine.connect() as conn:
+            count, oldest = (await conn.execute(query)).one()
+        return int(count), UTCDateTime().process_result_value(oldest, self.engine.dialect)
+
+    def data_directory(self) -> Path | None:
+        """The folder holding the SQLite file (what fills up when the disk does), else None."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database:
+            return None
+        if url.database == ":memory:" or url.database.startswith("file:"):
+            return None
+        return Path(url.database).expanduser().resolve().parent
 
     async def oldest_undelivered(self) -> datetime | None:
         """When the oldest submission still waiting for delivery was accepted, if any."""
@@ -534,6 +587,7 @@ class Store:
                         trace=None,
                         idempotency_key=None,
                         last_error=None,
+                        client_key=None,
                         body_hash=ERASED,
                         updated_at=now,
                     )

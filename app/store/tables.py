@@ -38,7 +38,8 @@ class Status(StrEnum):
     FAILED = "failed"
     """A permanent error, or the retry horizon passed; retryable by hand."""
     SPAM = "spam"
-    """Caught by the honeypot or captcha; answered as a success, never delivered."""
+    """Caught by the honeypot, fill time or captcha; answered as a success, never delivered.
+    Only evidence is kept: form, reason, time, client key and the content's hash."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -94,9 +95,15 @@ submissions = Table(
     Column("delivered_at", UTCDateTime(), nullable=True),
     # Set by a retry by hand: the retry horizon counts from here instead of created_at.
     Column("retry_from", UTCDateTime(), nullable=True),
+    # Spam is kept as evidence, not as payload: why it is spam and who sent it (the rate-limit
+    # key: an IPv4 address or an IPv6 /64); its fields, CRM values and trace are not stored.
+    Column("spam_reason", String(64), nullable=True),
+    Column("client_key", String(64), nullable=True),
     UniqueConstraint("form_id", "idempotency_key", name="uq_submissions_form_key"),
     Index("ix_submissions_due", "status", "next_attempt_at"),
     Index("ix_submissions_created", "created_at"),
+    # The storage budget counts a form's rows of the last hour.
+    Index("ix_submissions_form_created", "form_id", "created_at"),
 )
 
 attempts = Table(
