@@ -441,4 +441,5 @@ def test_the_cli_without_a_usable_database_exits_2(
     empty.touch()
     cli_env(f"sqlite+aiosqlite:///{empty}")
     assert cli(["submissions", "show", "x"]) == 2
-    assert "cannot use the database" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot use the SQLite database" in err and "b24-form-gateway migrate" in err

@@ -229,7 +229,7 @@ async def test_retention_erases_a_spam_rows_client_key_and_keeps_its_reason(
                 client_key="2001:db8:1:2::/64",
             )
             await store.enqueue(spam, now=now - timedelta(days=days))
-        assert await erase_expired(store, days=30, now=now) == 1
+        assert await erase_expired(store, days=30, horizon_seconds=3 * 86400, now=now) == 1
         old, recent = await store.get("old"), await store.get("recent")
         assert old is not None and recent is not None
         assert (old.client_key, old.body_hash, old.spam_reason) == (None, "erased", "honeypot")

@@ -70,6 +70,8 @@ def database_problem(exc: BaseException, url: str) -> DatabaseUnavailable | None
     reason = _reason(exc)
     if reason is None:
         return None
+    if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
+        hint = "it has no gateway schema: run `b24-form-gateway migrate`, or check DATABASE_URL"
     return DatabaseUnavailable(f"cannot use {where}: {reason}; {hint}")
 
 
