@@ -81,6 +81,12 @@ def run(*, client_for: ClientFactory, create_fields: bool = False) -> int:
             "target: the sandbox (built-in emulator; B24_WEBHOOK_URL is not set, "
             "no real portal is contacted)",
         )
+        if settings.SANDBOX:
+            report.add(
+                "warn",
+                f"sandbox: open to the network on HOST={settings.HOST} (SANDBOX=true): anyone "
+                "reaching it can read the records at /sandbox",
+            )
     else:
         report.add("ok", f"target: the portal at {settings.webhook_host}")
     webhook = settings.B24_WEBHOOK_URL.get_secret_value() if settings.B24_WEBHOOK_URL else None
