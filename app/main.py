@@ -363,18 +363,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def standalone_emulator(*, host: str, secret: str) -> ASGIApp:
+    """The emulator as `b24-form-gateway sandbox` serves it: its own origin only, on loopback
+    only this machine (a wider `--host` is the caller's explicit choice), the pages' headers."""
+    emulator = create_emulator_app(config=EmulatorConfig(secret=secret))
+    guarded = SameOriginOnly(emulator, local_only=is_loopback_host(host))
+    return SecurityHeaders(guarded, no_store=lambda _: True)
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     configure_logging()
-    config = EmulatorConfig(secret=args.secret)
     log.warning(
         "sandbox.standalone",
         extra={"webhook": f"http://{args.host}:{args.port}/rest/1/{args.secret}/"},
     )
-    # On loopback it stays on this machine; a wider --host is the caller's explicit choice.
-    guarded = SameOriginOnly(
-        create_emulator_app(config=config), local_only=is_loopback_host(args.host)
-    )
-    emulator = SecurityHeaders(guarded, no_store=lambda _: True)
+    emulator = standalone_emulator(host=args.host, secret=args.secret)
     uvicorn.run(emulator, host=args.host, port=args.port, log_config=None)
     return 0
 

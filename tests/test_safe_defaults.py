@@ -4,22 +4,20 @@ page. The gateway and the emulator run as real servers (or as the installed comm
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
-import subprocess
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.main import cli, standalone_emulator
 from app.settings import Settings, SettingsError
-from tests.cli import clean_env, console_script, run_cli
 from tests.conftest import PORTAL_SECRET, Gateway, Portal, wait_for
-from tests.servers import RunningServer, free_port
+from tests.servers import RunningServer, running
 from tests.test_dockerfile import DOCKERFILE, env_of, final_stage, parse_dockerfile
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
@@ -30,36 +28,6 @@ WEBHOOK = "https://portal.bitrix24.example/rest/1/abc123/"
 
 def cors_headers(response: httpx.Response) -> list[str]:
     return [name for name in response.headers if name.lower().startswith("access-control-")]
-
-
-@contextmanager
-def serving(args: list[str], cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    log = (cwd / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [console_script(), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def wait_answering(url: str, proc: subprocess.Popen[str], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()}"
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    pytest.fail(f"{url} did not answer within 30 s:\n{log.read_text()}")
 
 
 # --------------------------------------------------------------------------- sandbox mode
@@ -81,44 +49,54 @@ def test_settings_refuse_sandbox_mode_on_a_public_address_without_a_webhook() ->
         Settings.load(SANDBOX=True, B24_WEBHOOK_URL=WEBHOOK, _env_file=None)
 
 
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
+    """In-process `cli()`: no setting from this process's environment or a .env file; the
+    test sets its own."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_env
+
+
 def test_serve_check_and_worker_refuse_a_public_sandbox_in_one_line_with_exit_2(
-    tmp_path: Path,
+    tmp_path: Path, environment: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     database = tmp_path / "gateway.db"
-    public = clean_env(HOST="0.0.0.0", DATABASE_URL=f"sqlite+aiosqlite:///{database}")
-    runs = [
-        (["serve"], public),
-        (["check"], public),
-        (["worker"], public),
-        (["serve", "--host", "0.0.0.0"], clean_env(DATABASE_URL=f"sqlite+aiosqlite:///{database}")),
-    ]
-    for args, env in runs:
-        result = run_cli(args, tmp_path, env)
-        assert result.returncode == 2, (args, result.stderr)
-        [line] = result.stderr.strip().splitlines()
-        assert "sandbox mode refused" in line and "SANDBOX=true" in line, line
-        assert "B24_WEBHOOK_URL" in line and "HOST=127.0.0.1" in line
+    environment(DATABASE_URL=f"sqlite+aiosqlite:///{database}")
+    assert cli(["serve", "--host", "0.0.0.0"]) == 2
+    environment(HOST="0.0.0.0")
+    for command in ("serve", "check", "worker"):
+        assert cli([command]) == 2, command
+    for line in capsys.readouterr().err.splitlines():
+        assert line.startswith("b24-form-gateway: invalid setting: sandbox mode refused"), line
+        assert "B24_WEBHOOK_URL" in line and "HOST=127.0.0.1" in line and "SANDBOX=true" in line
     assert not database.exists()  # refused before anything was opened
 
 
-def test_the_image_without_a_webhook_refuses_to_start_and_serves_the_sandbox_when_asked(
-    tmp_path: Path,
+async def test_the_image_without_a_webhook_refuses_to_start_and_serves_the_sandbox_when_asked(
+    make_gateway: MakeGateway,
+    environment: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     image_env = env_of(final_stage(parse_dockerfile(DOCKERFILE.read_text())))
     assert image_env["HOST"] == "0.0.0.0"
-    refused = run_cli(["serve"], tmp_path, clean_env(**image_env))
-    assert refused.returncode == 2 and "SANDBOX=true" in refused.stderr
+    environment(**image_env)
+    assert await asyncio.to_thread(cli, ["serve"]) == 2
+    assert "SANDBOX=true" in capsys.readouterr().err
 
-    port = free_port()
-    env = clean_env(**{**image_env, "PORT": str(port), "SANDBOX": "true"})
-    with serving(["serve"], tmp_path, env) as proc:
-        base = f"http://127.0.0.1:{port}"
-        wait_answering(f"{base}/healthz", proc, tmp_path / "serve.log")
-        assert httpx.get(f"{base}/readyz").json()["sandbox"] is True
+    gateway = await make_gateway(None, HOST=image_env["HOST"], SANDBOX=True)
+    port = gateway.url.rsplit(":", 1)[1]
+    async with gateway.client() as client:
+        assert (await client.get("/readyz")).json()["sandbox"] is True
         # Asked for: the sandbox answers a request naming this host by another name, too.
-        viewer = httpx.get(f"{base}/sandbox/", headers={"Host": f"gateway.example:{port}"})
-        assert viewer.status_code == 200 and "Bitrix24 sandbox" in viewer.text
-    assert "open_to_network=True" in (tmp_path / "serve.log").read_text()
+        viewer = await client.get("/sandbox/", headers={"Host": f"gateway.example:{port}"})
+    assert viewer.status_code == 200 and "Bitrix24 sandbox" in viewer.text
 
 
 # --------------------------------------------------------------------------- the sandbox's origin
@@ -196,13 +174,9 @@ async def test_the_sandbox_refuses_other_origins_with_403_and_no_cors_headers(
         assert preflight.headers["access-control-allow-origin"] == EVIL
 
 
-def test_the_standalone_emulator_refuses_other_origins_and_sends_the_headers(
-    tmp_path: Path,
-) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with serving(["sandbox", "--port", str(port)], tmp_path, clean_env()) as proc:
-        wait_answering(f"{base}/_control/state", proc, tmp_path / "serve.log")
+def test_the_standalone_emulator_refuses_other_origins_and_sends_the_headers() -> None:
+    app = standalone_emulator(host="127.0.0.1", secret="sandbox")
+    with running(app) as server, httpx.Client(base_url=server.url) as http:
         for method, path, body in [
             ("POST", "/_control/reset", {}),
             ("POST", "/_control/faults", {"outage": True}),
@@ -210,12 +184,12 @@ def test_the_standalone_emulator_refuses_other_origins_and_sends_the_headers(
             ("GET", "/", None),
         ]:
             for headers in FOREIGN:
-                refused = httpx.request(method, base + path, json=body, headers=headers)
+                refused = http.request(method, path, json=body, headers=headers)
                 assert refused.status_code == 403, (path, headers)
                 assert cors_headers(refused) == []
-        added = httpx.post(f"{base}/rest/1/sandbox/crm.lead.add", json={"fields": {"TITLE": "x"}})
+        added = http.post("/rest/1/sandbox/crm.lead.add", json={"fields": {"TITLE": "x"}})
         assert added.status_code == 200 and added.json()["result"] == 1
-        viewer = httpx.get(f"{base}/")
+        viewer = http.get("/")
     assert_page_headers(viewer)
     assert viewer.headers["cache-control"] == "no-store"
 
@@ -223,7 +197,9 @@ def test_the_standalone_emulator_refuses_other_origins_and_sends_the_headers(
 # --------------------------------------------------------------------------- admin
 
 
-def test_a_short_admin_token_is_refused_saying_how_to_make_one(tmp_path: Path) -> None:
+def test_a_short_admin_token_is_refused_saying_how_to_make_one(
+    environment: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
     short = "hunter2-hunter2-hunter2-hunter2"  # 31 characters
     with pytest.raises(SettingsError) as refused:
         Settings.load(ADMIN_TOKEN=short, _env_file=None)
@@ -232,9 +208,10 @@ def test_a_short_admin_token_is_refused_saying_how_to_make_one(tmp_path: Path) -
     assert "secrets.token_urlsafe(32)" in reason and short not in reason
     assert Settings.load(ADMIN_TOKEN=short + "2", _env_file=None).ADMIN_TOKEN is not None
 
-    result = run_cli(["serve"], tmp_path, clean_env(ADMIN_TOKEN="a"))
-    assert result.returncode == 2 and "ADMIN_TOKEN" in result.stderr
-    assert "token_urlsafe" in result.stderr
+    environment(ADMIN_TOKEN="a")
+    assert cli(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "ADMIN_TOKEN" in err and "token_urlsafe" in err
 
 
 def client_from(address: str, token: str | None = None) -> dict[str, str]:
