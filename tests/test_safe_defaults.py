@@ -99,6 +99,15 @@ async def test_the_image_without_a_webhook_refuses_to_start_and_serves_the_sandb
     assert viewer.status_code == 200 and "Bitrix24 sandbox" in viewer.text
 
 
+def test_check_warns_that_a_sandbox_opened_on_purpose_is_open_to_the_network(
+    environment: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    environment(HOST="0.0.0.0", SANDBOX="true")
+    assert cli(["check"]) == 0
+    [warning] = [line for line in capsys.readouterr().out.splitlines() if "sandbox:" in line]
+    assert warning.startswith("[warn]") and "HOST=0.0.0.0" in warning and "/sandbox" in warning
+
+
 # --------------------------------------------------------------------------- the sandbox's origin
 
 SANDBOX_PATHS: list[tuple[str, str, dict[str, Any] | None]] = [
