@@ -68,11 +68,12 @@ def test_serve_check_and_worker_refuse_a_public_sandbox_in_one_line_with_exit_2(
     tmp_path: Path, environment: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     database = tmp_path / "gateway.db"
-    environment(DATABASE_URL=f"sqlite+aiosqlite:///{database}")
-    assert cli(["serve", "--host", "0.0.0.0"]) == 2
-    environment(HOST="0.0.0.0")
-    for command in ("serve", "check", "worker"):
+    environment(DATABASE_URL=f"sqlite+aiosqlite:///{database}", HOST="0.0.0.0")
+    # `serve` last: were it not refused, it would start serving.
+    for command in ("check", "worker", "serve"):
         assert cli([command]) == 2, command
+    environment(HOST="127.0.0.1")
+    assert cli(["serve", "--host", "0.0.0.0"]) == 2
     for line in capsys.readouterr().err.splitlines():
         assert line.startswith("b24-form-gateway: invalid setting: sandbox mode refused"), line
         assert "B24_WEBHOOK_URL" in line and "HOST=127.0.0.1" in line and "SANDBOX=true" in line
@@ -87,6 +88,8 @@ async def test_the_image_without_a_webhook_refuses_to_start_and_serves_the_sandb
     image_env = env_of(final_stage(parse_dockerfile(DOCKERFILE.read_text())))
     assert image_env["HOST"] == "0.0.0.0"
     environment(**image_env)
+    with pytest.raises(SettingsError):
+        Settings.load()
     assert await asyncio.to_thread(cli, ["serve"]) == 2
     assert "SANDBOX=true" in capsys.readouterr().err
 
