@@ -3,7 +3,12 @@
 # and runs its install and command lines in a fresh virtualenv (no Docker engine in CI).
 #
 #   docker build -t b24-form-gateway .
-#   docker run -p 8000:8000 -v gateway-data:/app/data b24-form-gateway
+#   docker run -p 8000:8000 -v gateway-data:/app/data \
+#     -e B24_WEBHOOK_URL=https://PORTAL/rest/1/SECRET/ b24-form-gateway
+#
+# The image listens on 0.0.0.0, so without B24_WEBHOOK_URL the container refuses to start (its log
+# says what to set): sandbox mode lets anyone who reaches it read every lead. Add -e SANDBOX=true
+# to try the sandbox in a container on purpose.
 #
 # Single stage on purpose: every dependency ships a manylinux wheel, so no compiler stage is needed.
 FROM python:3.11-slim

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from app.bitrix import BitrixClient, BitrixError, ConfigError
 from app.delivery.marker import DEFAULT_QUOTE_FIELD, Marker, marker_for, userfield_add_params
 from app.forms import PERSON_FIELDS, Entity, Form, load_forms
+from app.netaddr import is_loopback_host
 from app.settings import Settings
 
 ClientFactory = Callable[[Settings], BitrixClient]
@@ -81,6 +82,12 @@ def run(*, client_for: ClientFactory, create_fields: bool = False) -> int:
             "target: the sandbox (built-in emulator; B24_WEBHOOK_URL is not set, "
             "no real portal is contacted)",
         )
+        if settings.SANDBOX and not is_loopback_host(settings.HOST):
+            report.add(
+                "warn",
+                f"sandbox: open to the network on HOST={settings.HOST} (SANDBOX=true): anyone "
+                "reaching it can read the records at /sandbox",
+            )
     else:
         report.add("ok", f"target: the portal at {settings.webhook_host}")
     webhook = settings.B24_WEBHOOK_URL.get_secret_value() if settings.B24_WEBHOOK_URL else None

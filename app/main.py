@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import admin, check, pages, retention
 from app.admin.dashboard import dashboard_html
+from app.admin.throttle import FailedLogins
 from app.bitrix import BitrixClient
 from app.delivery import RetryPolicy, Worker, WorkerConfig
 from app.delivery.breaker import Breaker
@@ -33,12 +34,15 @@ from app.embed import router as embed_router
 from app.forms import Form, FormsError, load_forms
 from app.intake import IntakeContext
 from app.intake import router as intake_router
-from app.intake.origins import FormsCORS
+from app.intake.clientip import ClientResolver
+from app.intake.origins import FormsCORS, OriginPolicy
 from app.intake.routes import error_response
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.metrics import Metrics
+from app.netaddr import is_loopback_host
 from app.observability import RequestIdMiddleware, configure_logging
-from app.sandbox import Emulator, EmulatorConfig, create_emulator_app
+from app.sandbox import Emulator, EmulatorConfig, SameOriginOnly, create_emulator_app
+from app.secheaders import SecurityHeaders, under
 from app.settings import Settings, SettingsError
 from app.store import DatabaseUnavailable, Status, Store, create_engine, migrate
 
@@ -46,6 +50,9 @@ log = logging.getLogger("app.main")
 
 SANDBOX_SECRET = "sandbox"  # noqa: S105 - the in-process emulator's webhook code, not a secret
 SANDBOX_WEBHOOK = f"http://sandbox.internal/rest/1/{SANDBOX_SECRET}/"
+SANDBOX_PREFIX = "/sandbox"
+# Answers that hold personal data or the admin's view: never kept by a browser or a proxy.
+PRIVATE_PATHS = ("/admin", SANDBOX_PREFIX)
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
@@ -105,6 +112,7 @@ def admin_context(settings: Settings, store: Store) -> admin.AdminContext:
         store=store,
         token=settings.ADMIN_TOKEN,
         preview=functools.partial(preview, identity=worker_config(settings).identity),
+        failures=FailedLogins(ClientResolver(settings.TRUSTED_PROXIES)),
     )
 
 
@@ -129,7 +137,9 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
                 "sandbox.mode",
                 extra={
                     "detail": "B24_WEBHOOK_URL is not set: delivering to the built-in "
-                    "emulator at /sandbox, never to a real portal"
+                    "emulator at /sandbox, never to a real portal; its records are lost at "
+                    "restart",
+                    "open_to_network": settings.SANDBOX,
                 },
             )
         else:
@@ -192,8 +202,15 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
     )
     app.state.intake = IntakeContext(settings=settings, forms=forms, store=store, metrics=metrics)
     # CORS per form: ALLOWED_ORIGINS plus the form's allowed_origins; none = echo any origin.
-    app.add_middleware(FormsCORS, policy=app.state.intake.origins, form_ids=tuple(forms))
+    # Never for the sandbox, which answers its own origin only.
+    app.add_middleware(
+        _CorsOutside,
+        prefix=SANDBOX_PREFIX,
+        policy=app.state.intake.origins,
+        form_ids=tuple(forms),
+    )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeaders, no_store=under(*PRIVATE_PATHS))
     _add_error_handlers(app)
     app.include_router(intake_router)
     app.include_router(embed_router)
@@ -205,7 +222,7 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
     async def index() -> HTMLResponse:
         if settings.sandbox:
             return HTMLResponse(pages.demo_page(demo_form))
-        return HTMLResponse(pages.status_page(settings.webhook_host))
+        return HTMLResponse(pages.status_page())
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -230,7 +247,9 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
                 "last_success_at": client.last_success_at,
                 "last_failure_at": client.last_failure_at,
                 "last_error": client.last_error_code,
-                "moved_to": client.moved_to,
+                # Whether, not where: this answer is public and must not name the portal
+                # (`check` prints the new address).
+                "moved": client.moved_to is not None,
                 **({"breaker": runtime.breaker.snapshot()} if runtime.breaker else {}),
             },
         )
@@ -257,8 +276,33 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
             page = await dashboard_html(store, now=datetime.now(UTC), title=title, portal=portal)
             return HTMLResponse(page)
 
-        app.mount("/sandbox", emulator_app)
+        @app.get(pages.DEMO_TRACKER_PATH, include_in_schema=False)
+        async def demo_tracker() -> Response:
+            return Response(pages.DEMO_TRACKER_JS, media_type="text/javascript; charset=utf-8")
+
+        app.mount(
+            SANDBOX_PREFIX, SameOriginOnly(emulator_app, local_only=settings.sandbox_local_only)
+        )
     return app
+
+
+class _CorsOutside:
+    """FormsCORS for every path but those under `prefix`, which skip it entirely (a CORS
+    middleware answers preflights itself, so a guard behind it would not see them)."""
+
+    def __init__(
+        self, app: ASGIApp, *, prefix: str, policy: OriginPolicy, form_ids: tuple[str, ...]
+    ) -> None:
+        self.app = app
+        self.cors = FormsCORS(app, policy=policy, form_ids=form_ids)
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", "")) if scope["type"] == "http" else ""
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            await self.app(scope, receive, send)
+        else:
+            await self.cors(scope, receive, send)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -324,14 +368,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def standalone_emulator(*, host: str, secret: str) -> ASGIApp:
+    """The emulator as `b24-form-gateway sandbox` serves it: its own origin only, on loopback
+    only this machine (a wider `--host` is the caller's explicit choice), the pages' headers."""
+    emulator = create_emulator_app(config=EmulatorConfig(secret=secret))
+    guarded = SameOriginOnly(emulator, local_only=is_loopback_host(host))
+    return SecurityHeaders(guarded, no_store=lambda _: True)
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     configure_logging()
-    config = EmulatorConfig(secret=args.secret)
     log.warning(
         "sandbox.standalone",
         extra={"webhook": f"http://{args.host}:{args.port}/rest/1/{args.secret}/"},
     )
-    uvicorn.run(create_emulator_app(config=config), host=args.host, port=args.port, log_config=None)
+    emulator = standalone_emulator(host=args.host, secret=args.secret)
+    uvicorn.run(emulator, host=args.host, port=args.port, log_config=None)
     return 0
 
 

@@ -1,7 +1,9 @@
 """The pages at `/`: a status page, or in sandbox mode a demo landing page whose form uses
-embed.js with a stand-in tracker that returns a sample trace.
+embed.js with a stand-in tracker (`demo-tracker.js`) that returns a sample trace.
 
-Static HTML with everything escaped; no scripts from elsewhere.
+Static HTML with everything escaped; no inline script (the pages' Content-Security-Policy allows
+only scripts the gateway serves) and no scripts from elsewhere. Public: nothing here names the
+portal.
 """
 
 from __future__ import annotations
@@ -39,21 +41,24 @@ button{margin-top:1rem;padding:.5rem 1.2rem;font:inherit}code{background:#f3f3f3
 </style>"""
 
 
+DEMO_TRACKER_PATH = "/demo-tracker.js"
+# Stands in for the Bitrix24 tracker (a real page gets it from the portal's Sales Intelligence
+# code). It "loads" late, as the real one may: embed.js waits for it at submit.
+DEMO_TRACKER_JS = f"""setTimeout(function () {{
+  window.b24Tracker = {{guest: {{getTrace: function () {{ return {json.dumps(SAMPLE_TRACE)}; }}}}}};
+}}, 500);
+"""
+
+
 def demo_page(form_id: str) -> str:
     action = html.escape(f"forms/{form_id}", quote=True)
-    # A JS string literal inside <script>: `<` escaped, so no `</script>` can end it early.
-    trace_js = json.dumps(SAMPLE_TRACE).replace("<", "\\u003c")
+    tracker = DEMO_TRACKER_PATH.lstrip("/")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>b24-form-gateway: sandbox</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">{_STYLE}
 <script src="embed.js" defer></script>
-<script>
-// Stands in for the Bitrix24 tracker (a real page gets it from the portal's Sales Intelligence
-// code). It "loads" late, as the real one may: embed.js waits for it at submit.
-setTimeout(function () {{
-  window.b24Tracker = {{guest: {{getTrace: function () {{ return {trace_js}; }}}}}};
-}}, 500);
-</script></head><body>
+<script src="{tracker}" defer></script>
+</head><body>
 <p class="banner"><strong>Sandbox mode.</strong> No <code>B24_WEBHOOK_URL</code> is set, so
 submissions go to the built-in Bitrix24 emulator, never to a real portal.
 <a href="sandbox/">See the records it created</a>.</p>
@@ -76,12 +81,12 @@ from a newsletter</a> first: the tags are kept for 28 days.</p>
 """
 
 
-def status_page(portal_host: str) -> str:
+def status_page() -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>b24-form-gateway</title>{_STYLE}</head><body>
 <h1>b24-form-gateway</h1>
 <p>Running. Submissions posted to <code>/forms/&lt;form id&gt;</code> are delivered to the
-Bitrix24 portal at <code>{html.escape(portal_host)}</code>.</p>
+Bitrix24 portal.</p>
 <p><a href="healthz">healthz</a> · <a href="readyz">readyz</a></p>
 </body></html>
 """

@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.netaddr import is_loopback_host
@@ -34,6 +35,9 @@ _DATABASE_SCHEMES = {
     "postgresql://": "postgresql+asyncpg://",
     "sqlite:///": "sqlite+aiosqlite:///",
 }
+# Long enough that guessing it is hopeless even without the throttle on failed attempts.
+ADMIN_TOKEN_MIN_LENGTH = 32
+NEW_TOKEN_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'  # noqa: S105 - a command, no secret
 
 
 def normalise_origin(value: str) -> str | None:
@@ -100,6 +104,9 @@ class Settings(BaseSettings):
 
     # --- server ---
     HOST: str = "127.0.0.1"
+    # Sandbox mode (no webhook) on a HOST that is not loopback: off unless asked for, since the
+    # sandbox lets anyone who reaches it read every lead and reset the emulator.
+    SANDBOX: bool = False
     PORT: int = Field(default=8000, ge=1, le=65535)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     LOG_FORMAT: Literal["console", "json"] = "console"
@@ -197,6 +204,37 @@ class Settings(BaseSettings):
             raise ValueError("CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set")
         return self
 
+    @field_validator("ADMIN_TOKEN")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < ADMIN_TOKEN_MIN_LENGTH:
+            # The message never repeats the token.
+            raise ValueError(
+                f"must be at least {ADMIN_TOKEN_MIN_LENGTH} characters; make one with "
+                + NEW_TOKEN_COMMAND
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_sandbox(self) -> Settings:
+        if self.B24_WEBHOOK_URL is None and not self.SANDBOX and not is_loopback_host(self.HOST):
+            # No "Value error" prefix: this is the whole one-line reason `serve` prints.
+            raise PydanticCustomError(
+                "sandbox_not_local",
+                "sandbox mode refused: B24_WEBHOOK_URL is not set and HOST={host} is not a "
+                "loopback address, so anyone reaching it could read every lead at /sandbox; set "
+                "B24_WEBHOOK_URL to deliver to your portal, or HOST=127.0.0.1, or SANDBOX=true "
+                "to expose the sandbox on purpose",
+                {"host": self.HOST},
+            )
+        if self.B24_WEBHOOK_URL is not None and self.SANDBOX:
+            raise PydanticCustomError(
+                "sandbox_with_webhook",
+                "SANDBOX=true and B24_WEBHOOK_URL are both set: unset SANDBOX to deliver to "
+                "the portal, or B24_WEBHOOK_URL for the sandbox",
+            )
+        return self
+
     @field_validator("B24_WEBHOOK_URL", mode="before")
     @classmethod
     def _check_webhook(cls, value: object) -> object:
@@ -291,6 +329,12 @@ class Settings(BaseSettings):
         return self.B24_WEBHOOK_URL is None
 
     @property
+    def sandbox_local_only(self) -> bool:
+        """The sandbox is on because HOST is loopback, not by SANDBOX=true: it then answers
+        only requests that come from this machine and name it (a rebound DNS name does not)."""
+        return self.sandbox and not self.SANDBOX
+
+    @property
     def webhook_host(self) -> str:
         """The portal host (not secret), for logs and the status page."""
         if self.B24_WEBHOOK_URL is None:
@@ -305,6 +349,8 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             lines = []
             for err in exc.errors(include_url=False, include_input=False):
-                name = ".".join(str(p) for p in err["loc"]) or "settings"
-                lines.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+                name = ".".join(str(p) for p in err["loc"])
+                message = err["msg"].removeprefix("Value error, ")
+                # A check across settings names its variables in its message.
+                lines.append(f"{name}: {message}" if name else message)
             raise SettingsError("invalid setting: " + "; ".join(lines)) from None

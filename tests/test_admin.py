@@ -24,7 +24,7 @@ from tests.cli import run_cli as shared_run_cli
 from tests.conftest import Gateway, Portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
-TOKEN = "admin-token-for-tests-7f3a"
+TOKEN = "admin-token-for-tests-7f3a-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FORMS = """
 [forms.contact]

@@ -12,7 +12,7 @@ from app.store import Status
 from tests.conftest import Gateway, Portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
-TOKEN = "dash-token-123"
+TOKEN = "dash-token-123-0123456789abcdefghij"
 
 
 def test_the_chart_draws_one_bar_pair_per_bucket_scaled_to_the_peak() -> None:

@@ -158,7 +158,11 @@ async def test_the_sandbox_demo_page_uses_embed_js_with_a_stub_tracker(
     page = body.decode()
     assert status == 200 and "Sandbox mode" in page
     assert '<script src="embed.js" defer></script>' in page
-    assert "window.b24Tracker" in page and "getTrace" in page
+    # The stand-in tracker is a served file: the page's CSP allows no inline script.
+    assert '<script src="demo-tracker.js" defer></script>' in page
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page)
+    status, _, tracker = await get(gateway, "/demo-tracker.js")
+    assert status == 200 and b"window.b24Tracker" in tracker and b"getTrace" in tracker
     assert re.search(r"<form [^>]*data-b24-gateway", page)
     assert 'name="trace"' not in page  # embed.js adds it at submit, from the tracker
     assert "data-b24-success" in page and "data-b24-error" in page

@@ -1176,7 +1176,9 @@ async def test_the_gateway_runs_retention_at_start_and_admin_shows_the_erased_ro
     await migrate(store.engine)
     old = await seed(store, days_ago=45, status="delivered", now=datetime.now(UTC))
     await store.engine.dispose()
-    gateway = await make_gateway(portal, DATABASE_URL=url, ADMIN_TOKEN="t0ken-for-admin-1")
+    gateway = await make_gateway(
+        portal, DATABASE_URL=url, ADMIN_TOKEN="t0ken-for-admin-1-0123456789abcdef"
+    )
     checker = await gateway.store()
 
     async def erased() -> bool:
@@ -1186,7 +1188,8 @@ async def test_the_gateway_runs_retention_at_start_and_admin_shows_the_erased_ro
     await wait_for(erased)
     async with gateway.client() as client:
         shown = await client.get(
-            f"/admin/submissions/{old}", headers={"Authorization": "Bearer t0ken-for-admin-1"}
+            f"/admin/submissions/{old}",
+            headers={"Authorization": "Bearer t0ken-for-admin-1-0123456789abcdef"},
         )
     assert shown.status_code == 200, shown.text
     assert shown.json()["status"] == "delivered"
@@ -1219,7 +1222,7 @@ def test_the_front_door_logs_no_secret_and_no_personal_data(
     from app.sandbox import Emulator, EmulatorConfig, create_emulator_app
 
     webhook_secret = "hush-front-door-0077"
-    admin_token = "admin-token-front-door-31"
+    admin_token = "admin-token-front-door-31-0123456789"
     forms = forms_file(
         tmp_path,
         "[forms.contact]\ncaptcha = false\n\n"

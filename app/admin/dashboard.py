@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import HTMLResponse
 
-from app.admin.routes import AdminError
+from app.admin.routes import AdminError, authorize
 from app.admin.service import AdminContext
 from app.chart import activity_svg
 from app.store import Status, Store
@@ -78,6 +78,7 @@ def _context(request: Request) -> AdminContext:
 
 def require_browser_or_bearer(
     ctx: Annotated[AdminContext, Depends(_context)],
+    request: Request,
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
     expected = ctx.token.get_secret_value() if ctx.token is not None else ""
@@ -90,12 +91,13 @@ def require_browser_or_bearer(
             given = ""
     elif scheme.lower() != "bearer":
         given = ""
-    if not (expected and given and hmac.compare_digest(given.encode(), expected.encode())):
-        raise AdminError(
-            401,
-            "the admin token is required (as the password, or as a bearer token)",
-            headers={"WWW-Authenticate": 'Basic realm="b24-form-gateway admin", charset="UTF-8"'},
-        )
+    valid = bool(expected and given and hmac.compare_digest(given.encode(), expected.encode()))
+    refusal = AdminError(
+        401,
+        "the admin token is required (as the password, or as a bearer token)",
+        headers={"WWW-Authenticate": 'Basic realm="b24-form-gateway admin", charset="UTF-8"'},
+    )
+    authorize(ctx, request, valid=valid, refusal=refusal)
 
 
 @router.get(

@@ -31,12 +31,15 @@ class AdminError(Exception):
 
 
 def install(app: FastAPI, context: AdminContext) -> None:
-    """Mount the admin API on `app`; call only when an admin token is configured."""
+    """Mount the admin API on `app`; call only when an admin token is configured.
+
+    Out of the public OpenAPI document: it would show strangers what the token opens.
+    """
     from app.admin.dashboard import router as dashboard_router  # it builds on this module
 
     app.state.admin = context
-    app.include_router(router)
-    app.include_router(dashboard_router)
+    app.include_router(router, include_in_schema=False)
+    app.include_router(dashboard_router, include_in_schema=False)
 
     # Its own handler: the app's HTTPException handler would drop WWW-Authenticate.
     async def _admin_error(_: Request, exc: Exception) -> Response:
@@ -58,7 +61,28 @@ def _context(request: Request) -> AdminContext:
 ContextDep = Annotated[AdminContext, Depends(_context)]
 
 
-def require_token(ctx: ContextDep, authorization: Annotated[str | None, Header()] = None) -> None:
+def authorize(ctx: AdminContext, request: Request, *, valid: bool, refusal: AdminError) -> None:
+    """Let a valid token through, else count the failure and raise `refusal`; a client with
+    too many recent failures gets 429 whatever it sends, so the answer to a right guess does
+    not tell it apart. A request without credentials is no guess (a browser's first visit to
+    the dashboard, before it asks for the password): refused, not counted."""
+    key = ctx.failures.client_key(request)
+    wait = ctx.failures.wait(key)
+    if wait is not None:
+        raise AdminError(
+            429,
+            "too many failed admin logins from this client; try again later",
+            headers={"Retry-After": str(wait)},
+        )
+    if not valid:
+        if request.headers.get("authorization", "").strip():
+            ctx.failures.failed(key)
+        raise refusal
+
+
+def require_token(
+    ctx: ContextDep, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> None:
     """`Authorization: Bearer <ADMIN_TOKEN>`, compared in constant time; never echoed."""
     scheme, _, given = (authorization or "").partition(" ")
     expected = ctx.token.get_secret_value() if ctx.token is not None else ""
@@ -67,12 +91,12 @@ def require_token(ctx: ContextDep, authorization: Annotated[str | None, Header()
         and scheme.lower() == "bearer"
         and hmac.compare_digest(given.strip().encode(), expected.encode())
     )
-    if not valid:
-        raise AdminError(
-            401,
-            "a valid admin token is required: Authorization: Bearer <ADMIN_TOKEN>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    refusal = AdminError(
+        401,
+        "a valid admin token is required: Authorization: Bearer <ADMIN_TOKEN>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+    authorize(ctx, request, valid=valid, refusal=refusal)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypedDict
 
 from pydantic import SecretStr
 
+from app.admin.throttle import FailedLogins
+from app.intake.clientip import ClientResolver
 from app.store import AttemptRecord, Status, Store, Submission
 
 log = logging.getLogger("app.admin")
@@ -39,6 +41,7 @@ class AdminContext:
     `preview` gives the commands a submission's next attempt would send; `on_requeued` wakes the
     worker after a retry by hand, and `portal_state` gives the worker's portal breaker state
     (both set by the lifespan once the worker exists; None when this process delivers nothing).
+    `failures` counts wrong tokens per client (main.py gives it the TRUSTED_PROXIES resolver).
     """
 
     store: Store
@@ -47,6 +50,7 @@ class AdminContext:
     clock: Callable[[], datetime] = utcnow
     on_requeued: Callable[[], None] = lambda: None
     portal_state: Callable[[], Mapping[str, object] | None] = lambda: None
+    failures: FailedLogins = field(default_factory=lambda: FailedLogins(ClientResolver(())))
 
 
 class Listing(TypedDict):

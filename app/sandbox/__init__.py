@@ -4,5 +4,6 @@ sandbox mode, the demo and the tests. Standalone: it imports nothing from the re
 
 from app.sandbox.app import create_emulator_app
 from app.sandbox.emulator import Emulator, EmulatorConfig
+from app.sandbox.guard import SameOriginOnly
 
-__all__ = ["Emulator", "EmulatorConfig", "create_emulator_app"]
+__all__ = ["Emulator", "EmulatorConfig", "SameOriginOnly", "create_emulator_app"]
