@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import admin, check, pages, retention
+from app import admin, check, httpserver, pages, retention
 from app.admin.dashboard import dashboard_html
 from app.bitrix import BitrixClient
 from app.delivery import RetryPolicy, Worker, WorkerConfig
@@ -74,6 +74,15 @@ def worker_config(settings: Settings) -> WorkerConfig:
             horizon_seconds=settings.RETRY_HORIZON_SECONDS,
             max_attempts=settings.RETRY_MAX_ATTEMPTS,
         ),
+    )
+
+
+def connection_limits(settings: Settings) -> httpserver.ConnectionLimits:
+    return httpserver.ConnectionLimits(
+        header_timeout_seconds=settings.HTTP_HEADER_TIMEOUT_SECONDS,
+        body_timeout_seconds=settings.HTTP_BODY_TIMEOUT_SECONDS,
+        max_header_bytes=settings.HTTP_MAX_HEADER_BYTES,
+        max_connections=settings.HTTP_MAX_CONNECTIONS,
     )
 
 
@@ -307,10 +316,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load_settings(args)
     configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
     gateway = create_app(settings)
+    limits = connection_limits(settings)
     uvicorn.run(
         gateway,
         host=settings.HOST,
         port=settings.PORT,
+        http=httpserver.protocol_class(limits),
+        limit_concurrency=httpserver.limit_concurrency(limits),
         log_config=None,
         access_log=False,  # client IPs and paths are not needed in the log
         proxy_headers=False,

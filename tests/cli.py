@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
+
+from tests.servers import free_port
 
 
 def console_script() -> str:
@@ -33,3 +42,64 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Compl
         timeout=60,
         check=False,
     )
+
+
+@dataclass
+class Served:
+    """`b24-form-gateway serve` running as its own process (so its memory is its own)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self, field: str) -> int:
+        """A `/proc/PID/status` figure in kB, e.g. `VmRSS`, `VmHWM`."""
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+        assert match, f"no {field} in /proc/{self.proc.pid}/status"
+        return int(match.group(1))
+
+    def reset_peak_memory(self) -> None:
+        """Start VmHWM afresh from the current RSS (Linux clear_refs)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+
+@contextmanager
+def serving(cwd: Path, **settings: str) -> Iterator[Served]:
+    """`serve` on a free loopback port with `settings` as its environment, until /healthz."""
+    port = free_port()
+    log_path = cwd / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [console_script(), "serve", "--port", str(port)],
+            cwd=cwd,
+            env=clean_env(**settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        served = Served(proc, port, log_path)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"serve exited:\n{log_path.read_text()}")
+                try:
+                    if httpx.get(served.url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError("serve answered no /healthz within 30 s")
+                time.sleep(0.05)
+            yield served
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,231 @@
+"""Owns the HTTP server's connection limits: how long a client may take to send its headers and
+its body, how large its headers may be, and how many connections are served at once. Works
+below the ASGI app (a uvicorn protocol class); knows nothing of the gateway's routes.
+
+A refused connection gets a short answer when one can still be sent (408 for a header or body
+that came too slowly, 431 for headers over the cap), its write side is shut at once, and it is
+closed after a short linger (so the client reads the answer rather than a reset); what the
+client still sends meanwhile is dropped unparsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+log = logging.getLogger("app.httpserver")
+
+# How long a refused connection stays half-open (our side shut) so its answer is read before
+# the close; unread data at close makes the kernel send a reset, which can overtake the answer.
+LINGER_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """The limits every connection of `serve` is held to (defaults: the settings' defaults)."""
+
+    # From the connection's open, or from the end of the previous response on a kept-alive
+    # connection, until the request line and all headers are in.
+    header_timeout_seconds: float = 10.0
+    # From the end of the headers until the last byte of the body: a total, not an idle time,
+    # so a body trickled a byte at a time cannot hold the connection.
+    body_timeout_seconds: float = 30.0
+    # The request line and all header lines with their line ends, as received.
+    max_header_bytes: int = 16 * 1024
+    # Connections served at once; a request on any connection beyond them is answered 503.
+    max_connections: int = 500
+
+
+def protocol_class(limits: ConnectionLimits) -> type[LimitedHttpProtocol]:
+    """The uvicorn protocol class (`http=`) that enforces `limits`."""
+    configured = limits
+
+    class GatewayHttpProtocol(LimitedHttpProtocol):
+        limits = configured
+
+    return GatewayHttpProtocol
+
+
+def limit_concurrency(limits: ConnectionLimits) -> int:
+    """uvicorn's `limit_concurrency` for `limits.max_connections`.
+
+    uvicorn refuses when the open connections, the asking one included, reach its limit, so
+    one more lets exactly `max_connections` be served.
+    """
+    return limits.max_connections + 1
+
+
+def _answer(status: int, server_state: ServerState) -> bytes:
+    phrase = http.HTTPStatus(status).phrase
+    body = f"{phrase}\n".encode()
+    lines = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
+    lines += [name + b": " + value + b"\r\n" for name, value in server_state.default_headers]
+    lines += [
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"connection: close\r\n\r\n",
+        body,
+    ]
+    return b"".join(lines)
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (its fastest) with header and body timeouts and a cap on
+    the header bytes, counted before the parser buffers them.
+
+    httptools keeps a header line in memory until its end arrives, and uvicorn has no limit
+    of its own on it, so the bytes are counted here as they come in, before parsing.
+    """
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._reading_headers = True  # the next bytes belong to a request line or headers
+        self._request_begun = False  # some of the current request's bytes have arrived
+        self._header_bytes = 0
+        self._message_ended_in_feed = False
+        self._refused = False
+
+    # --- connection events ---
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        for timer in (self._header_timer, self._body_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = self._linger_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: the answer is out, the rest is not read
+        # While headers are expected, at most the bytes left under the cap go to the parser at
+        # a time, so a header line without an end never grows past the cap in memory.
+        while data and self._reading_headers:
+            room = self.limits.max_header_bytes - self._header_bytes
+            if room <= 0:
+                log.info("http.header_too_large")
+                self._refuse(431)
+                return
+            piece, data = data[:room], data[room:]
+            self._message_ended_in_feed = False
+            super().data_received(piece)
+            if self._refused or self.transport.is_closing():
+                return
+            # A request that ended inside this piece leaves the next one's share of it
+            # unknown; it is not counted, which lets a pipelined request's headers pass the
+            # cap by at most one piece.
+            if self._reading_headers and not self._message_ended_in_feed:
+                self._header_bytes += len(piece)
+        if data:
+            super().data_received(data)
+
+    # --- parser callbacks ---
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._request_begun = True
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._request_begun = False
+        self._cancel_header_timer()
+        super().on_headers_complete()
+        self._body_timer = self.loop.call_later(
+            self.limits.body_timeout_seconds, self._body_timed_out
+        )
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._reading_headers = True
+        self._header_bytes = 0
+        self._message_ended_in_feed = True
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The clock for the next request's headers starts when this response ends; not while
+        # a pipelined request that uvicorn has just started is still being answered.
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and self._reading_headers and not self.transport.is_closing():
+            self._cancel_header_timer()
+            self._arm_header_timer()
+
+    # --- limits ---
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(
+            self.limits.header_timeout_seconds, self._header_timed_out
+        )
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._detached():
+            return
+        log.info("http.header_timeout")
+        # A connection that sent nothing of a request is just closed: there is nobody to tell.
+        self._refuse(408 if self._request_begun else None)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self._detached():
+            return
+        log.info("http.body_timeout")
+        self._refuse(408)
+
+    def _detached(self) -> bool:
+        """True when the connection is gone or no longer ours (an upgrade took it over)."""
+        return self.transport.is_closing() or self.transport.get_protocol() is not self
+
+    def _refuse(self, status: int | None) -> None:
+        """Answer `status` when nothing else is being answered, then shut the connection."""
+        self._refused = True
+        self._cancel_header_timer()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        cycle = self.cycle
+        answering = False
+        if cycle is not None and not cycle.response_complete:
+            answering = cycle.response_started
+            # The app sees the client gone: its receive() returns http.disconnect and what it
+            # sends is dropped, so it never writes after our answer.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if status is not None and not answering:
+            self.transport.write(_answer(status, self.server_state))
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.flow.resume_reading()  # keep draining, so the close that follows is no reset
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
