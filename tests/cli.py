@@ -52,9 +52,46 @@ class Served:
     port: int
     log_path: Path
 
+    @classmethod
+    def start(cls, cwd: Path, **settings: str) -> Served:
+        """Start `serve` on a free loopback port with `settings` as its environment."""
+        port = free_port()
+        log_path = cwd / "serve.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [console_script(), "serve", "--port", str(port)],
+                cwd=cwd,
+                env=clean_env(**settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return cls(proc, port, log_path)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("serve answered no /healthz within 60 s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def status(self, field: str) -> int:
         """A `/proc/PID/status` figure in kB, e.g. `VmRSS`, `VmHWM`."""
@@ -69,37 +106,13 @@ class Served:
 
 
 @contextmanager
-def serving(cwd: Path, **settings: str) -> Iterator[Served]:
-    """`serve` on a free loopback port with `settings` as its environment, until /healthz."""
-    port = free_port()
-    log_path = cwd / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [console_script(), "serve", "--port", str(port)],
-            cwd=cwd,
-            env=clean_env(**settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        served = Served(proc, port, log_path)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"serve exited:\n{log_path.read_text()}")
-                try:
-                    if httpx.get(served.url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError("serve answered no /healthz within 30 s")
-                time.sleep(0.05)
-            yield served
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def serving(*folders: Path, **settings: str) -> Iterator[list[Served]]:
+    """`serve` in each folder, started side by side, until each answers /healthz."""
+    started = [Served.start(folder, **settings) for folder in folders]
+    try:
+        for served in started:
+            served.wait_healthy()
+        yield started
+    finally:
+        for served in started:
+            served.stop()

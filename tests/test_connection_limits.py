@@ -15,9 +15,11 @@ import httpx
 import pytest
 
 from app.httpserver import ConnectionLimits
-from app.main import connection_limits
+from app.main import connection_limits, create_app
 from app.settings import Settings, SettingsError
 from tests.cli import Served, serving
+from tests.conftest import gateway_settings
+from tests.servers import RunningServer
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.5
@@ -36,7 +38,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         HTTP_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
         RATE_LIMIT_PER_IP="0",
         WORKER="false",
-    ) as served:
+    ) as (served,):
         yield served
 
 
@@ -212,21 +214,30 @@ async def test_the_header_cap_counts_request_line_and_headers_but_not_the_body(
 
 
 async def test_connections_beyond_the_cap_get_a_quick_503(tmp_path: Path) -> None:
-    with serving(tmp_path, HTTP_MAX_CONNECTIONS="3", WORKER="false") as served:
-        idle = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(2)]
-        async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
+    settings = gateway_settings(None, tmp_path, WORKER=False)
+    server = RunningServer(create_app(settings), limits=ConnectionLimits(max_connections=3))
+    await asyncio.to_thread(server.start)
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(2):
+            idle.append((await asyncio.open_connection("127.0.0.1", server.port))[1])
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             # Two open connections and this one: within the cap (the client keeps it open).
             assert (await client.get("/healthz")).status_code == 200
             # A fourth is refused at once, not queued.
-            async with httpx.AsyncClient(base_url=served.url, timeout=10) as fresh:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as fresh:
                 sent = time.monotonic()
                 refused = await fresh.post("/forms/contact", data={"phone": "+15550001234"})
                 assert refused.status_code == 503
                 assert time.monotonic() - sent < 1.0
-            for _, writer in idle:
+            for writer in idle:
                 writer.close()
             await asyncio.sleep(0.2)
             assert (await client.get("/healthz")).status_code == 200
+    finally:
+        for writer in idle:
+            writer.close()
+        await asyncio.to_thread(server.stop)
 
 
 def test_the_limits_default_to_the_settings_defaults() -> None:
