@@ -2,10 +2,10 @@
 its body, how large its headers may be, and how many connections are served at once. Works
 below the ASGI app (a uvicorn protocol class); knows nothing of the gateway's routes.
 
-A refused connection gets a short answer when one can still be sent (408 for a header or body
-that came too slowly, 431 for headers over the cap), its write side is shut at once, and it is
-closed after a short linger (so the client reads the answer rather than a reset); what the
-client still sends meanwhile is dropped unparsed.
+A refused connection whose client awaits an answer gets a short one (408 for headers or a body
+that came too slowly, 431 for headers over the cap): its write side is shut at once and it is
+closed after a short linger, so the client reads the answer rather than a reset; what the
+client still sends meanwhile is dropped unparsed. Any other is closed at once.
 """
 
 from __future__ import annotations
@@ -207,22 +207,30 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         return self.transport.is_closing() or self.transport.get_protocol() is not self
 
     def _refuse(self, status: int | None) -> None:
-        """Answer `status` when nothing else is being answered, then shut the connection."""
+        """Answer `status` if the client awaits an answer and none has begun; shut the
+        connection either way."""
         self._refused = True
         self._cancel_header_timer()
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
         cycle = self.cycle
-        answering = False
-        if cycle is not None and not cycle.response_complete:
-            answering = cycle.response_started
+        in_flight = cycle is not None and not cycle.response_complete
+        if self._reading_headers:
+            # A new request: answerable unless an earlier one is still being answered.
+            answerable = not in_flight
+        else:
+            # A body: answerable while its request has no answer yet (an early 413 has one).
+            answerable = in_flight and not cycle.response_started
+        if cycle is not None and in_flight:
             # The app sees the client gone: its receive() returns http.disconnect and what it
             # sends is dropped, so it never writes after our answer.
             cycle.disconnected = True
             cycle.message_event.set()
-        if status is not None and not answering:
-            self.transport.write(_answer(status, self.server_state))
+        if status is None or not answerable:
+            self.transport.close()
+            return
+        self.transport.write(_answer(status, self.server_state))
         if not self.transport.can_write_eof():
             self.transport.close()
             return

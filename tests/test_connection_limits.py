@@ -142,6 +142,26 @@ async def test_the_next_request_on_a_kept_alive_connection_has_the_same_header_t
     assert answer.startswith(b"HTTP/1.1 408 ")
 
 
+async def test_a_body_trickled_on_after_its_answer_is_cut_off_too(gateway: Served) -> None:
+    head = (
+        b"POST /forms/contact HTTP/1.1\r\nHost: gateway\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(head + b"phone=" + b"5" * 100_000)  # over MAX_BODY_BYTES: answered at once
+    sender = asyncio.create_task(trickle(writer, b"5", every=0.2))
+    try:
+        answer = await read_until_closed(reader, within=15)
+    finally:
+        sender.cancel()
+        writer.close()
+    assert time.monotonic() - started < BODY_TIMEOUT + SLACK
+    # The one answer the request got, and no second one for the body that followed it.
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answer.count(b"HTTP/1.1 ") == 1
+
+
 async def send_header(port: int, total: int, *, terminated: bool) -> tuple[float, bytes]:
     """Send a request whose one header line is `total` bytes long (its end included when
     `terminated`); seconds until the server closed, and what it answered."""
