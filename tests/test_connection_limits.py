@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
-from app.httpserver import ConnectionLimits
+from app.httpserver import ConnectionLimits, LimitedHttpProtocol, limit_concurrency
 from app.main import connection_limits, create_app
 from app.settings import Settings, SettingsError
 from tests.cli import Served, serving
@@ -262,6 +263,18 @@ async def test_connections_beyond_the_cap_get_a_quick_503(tmp_path: Path) -> Non
 
 def test_the_limits_default_to_the_settings_defaults() -> None:
     assert connection_limits(Settings.load(_env_file=None)) == ConnectionLimits()
+
+
+def test_the_uvicorn_options_in_the_readme_give_the_default_limits() -> None:
+    # README: `uvicorn app.main:app --http app.httpserver:LimitedHttpProtocol
+    # --limit-concurrency 501` runs with the defaults of `serve`.
+    config = uvicorn.Config(
+        "app.main:app", http="app.httpserver:LimitedHttpProtocol", limit_concurrency=501
+    )
+    config.load()
+    assert config.http_protocol_class is LimitedHttpProtocol
+    assert LimitedHttpProtocol.limits == ConnectionLimits()
+    assert config.limit_concurrency == limit_concurrency(ConnectionLimits())
 
 
 @pytest.mark.parametrize(
