@@ -132,9 +132,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             super().data_received(piece)
             if self._refused or self.transport.is_closing():
                 return
-            # A request that ended inside this piece leaves the next one's share of it
-            # unknown; it is not counted, which lets a pipelined request's headers pass the
-            # cap by at most one piece.
+            # When a request ended inside this piece (or inside a read fed whole below), the
+            # next one's share of it is unknown and not counted: a pipelined request's headers
+            # may pass the cap by at most one read, and memory stays bounded all the same.
             if self._reading_headers and not self._message_ended_in_feed:
                 self._header_bytes += len(piece)
         if data:
