@@ -173,8 +173,10 @@ def local_config(tmp_path: Path, *, listen: int, replicas: dict[str, int]) -> Pa
         assert f"server {name}:8000;" in text
         text = text.replace(f"server {name}:8000;", f"server 127.0.0.1:{port};")
     text = text.replace("listen 8080;", f"listen 127.0.0.1:{listen};")
-    # One worker, so the round robin is one sequence.
+    # One worker, so the round robin is one sequence; the image's user may not exist here.
     text = text.replace("worker_processes auto;", "worker_processes 1;")
+    assert "user nginx;" in text
+    text = text.replace("user nginx;", "")
     conf = tmp_path / "nginx.conf"
     conf.write_text(text)
     return conf
