@@ -94,8 +94,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        # One deadline at a time: for the headers, for the body, or none while the app works.
+        # Its timer is re-armed lazily (when it fires early, for what is left): moving the
+        # deadline on each request costs a clock read, not a timer scheduled and cancelled.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._reading_headers = True  # the next bytes belong to a request line or headers
         self._request_begun = False  # some of the current request's bytes have arrived
@@ -107,14 +110,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_timer()
+        self._start_clock(self.limits.header_timeout_seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        for timer in (self._header_timer, self._body_timer, self._linger_timer):
+        self._deadline = None
+        for timer in (self._timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._header_timer = self._body_timer = self._linger_timer = None
+        self._timer = self._linger_timer = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -145,23 +149,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._request_begun = True
-        if self._header_timer is None:
-            self._arm_header_timer()
+        if self._deadline is None:  # else the clock runs from the open or the last response
+            self._start_clock(self.limits.header_timeout_seconds)
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
         self._request_begun = False
-        self._cancel_header_timer()
         super().on_headers_complete()
-        self._body_timer = self.loop.call_later(
-            self.limits.body_timeout_seconds, self._body_timed_out
-        )
+        self._start_clock(self.limits.body_timeout_seconds)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._deadline = None  # the app's own time is not limited here
         self._reading_headers = True
         self._header_bytes = 0
         self._message_ended_in_feed = True
@@ -172,35 +171,32 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # a pipelined request that uvicorn has just started is still being answered.
         idle = self.cycle is None or self.cycle.response_complete
         if idle and self._reading_headers and not self.transport.is_closing():
-            self._cancel_header_timer()
-            self._arm_header_timer()
+            self._start_clock(self.limits.header_timeout_seconds)
 
     # --- limits ---
 
-    def _arm_header_timer(self) -> None:
-        self._header_timer = self.loop.call_later(
-            self.limits.header_timeout_seconds, self._header_timed_out
-        )
+    def _start_clock(self, seconds: float) -> None:
+        self._deadline = self.loop.time() + seconds
+        if self._timer is not None and self._timer.when() > self._deadline:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _header_timed_out(self) -> None:
-        self._header_timer = None
-        if self._detached():
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._deadline is None or self._detached():
             return
-        log.info("http.header_timeout")
-        # A connection that sent nothing of a request is just closed: there is nobody to tell.
-        self._refuse(408 if self._request_begun else None)
-
-    def _body_timed_out(self) -> None:
-        self._body_timer = None
-        if self._detached():
+        if self.loop.time() < self._deadline:  # moved on since this timer was set
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
             return
-        log.info("http.body_timeout")
-        self._refuse(408)
+        if self._reading_headers:
+            log.info("http.header_timeout")
+            # A connection that sent nothing of a request is closed: nobody is to be told.
+            self._refuse(408 if self._request_begun else None)
+        else:
+            log.info("http.body_timeout")
+            self._refuse(408)
 
     def _detached(self) -> bool:
         """True when the connection is gone or no longer ours (an upgrade took it over)."""
@@ -210,10 +206,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """Answer `status` if the client awaits an answer and none has begun; shut the
         connection either way."""
         self._refused = True
-        self._cancel_header_timer()
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         cycle = self.cycle
         in_flight = cycle is not None and not cycle.response_complete
         if self._reading_headers:
