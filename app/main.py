@@ -21,9 +21,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import admin, check, pages, retention
+from app import admin, check, httpserver, pages, retention
 from app.admin.dashboard import dashboard_html
 from app.admin.throttle import FailedLogins
 from app.bitrix import BitrixClient
@@ -81,6 +82,15 @@ def worker_config(settings: Settings) -> WorkerConfig:
             horizon_seconds=settings.RETRY_HORIZON_SECONDS,
             max_attempts=settings.RETRY_MAX_ATTEMPTS,
         ),
+    )
+
+
+def connection_limits(settings: Settings) -> httpserver.ConnectionLimits:
+    return httpserver.ConnectionLimits(
+        header_timeout_seconds=settings.HTTP_HEADER_TIMEOUT_SECONDS,
+        body_timeout_seconds=settings.HTTP_BODY_TIMEOUT_SECONDS,
+        max_header_bytes=settings.HTTP_MAX_HEADER_BYTES,
+        max_connections=settings.HTTP_MAX_CONNECTIONS,
     )
 
 
@@ -316,6 +326,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
         return error_response(422, "invalid request")
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left, or the server cut off a body that came too slowly (app/httpserver.py):
+        # routine on the open internet, not a fault; nothing stored, and this answer goes nowhere.
+        log.info("http.client_disconnected", extra={"path": request.url.path})
+        return error_response(400, "client disconnected")
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # A bug must not become a stack trace for the client; the log keeps the details.
@@ -356,10 +373,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load_settings(args)
     configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
     gateway = create_app(settings)
+    limits = connection_limits(settings)
     uvicorn.run(
         gateway,
         host=settings.HOST,
         port=settings.PORT,
+        http=httpserver.protocol_class(limits),
+        limit_concurrency=httpserver.limit_concurrency(limits),
         log_config=None,
         access_log=False,  # client IPs and paths are not needed in the log
         proxy_headers=False,

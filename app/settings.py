@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     PORT: int = Field(default=8000, ge=1, le=65535)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     LOG_FORMAT: Literal["console", "json"] = "console"
+    # Connection limits of `serve` (README, "Connection limits"): the time for a request's
+    # headers and for its body, the size of its headers, and the connections served at once.
+    HTTP_HEADER_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=600)
+    HTTP_BODY_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0, le=3600)
+    HTTP_MAX_HEADER_BYTES: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    HTTP_MAX_CONNECTIONS: int = Field(default=500, ge=1)
 
     # --- intake ---
     MAX_BODY_BYTES: int = Field(default=64 * 1024, ge=1024)

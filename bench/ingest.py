@@ -26,7 +26,11 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).parent
-UVICORN = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]
+# The protocol and connection cap `serve` runs with (app/httpserver.py, default limits).
+UVICORN = [
+    *(sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"),
+    *("--http", "app.httpserver:LimitedHttpProtocol", "--limit-concurrency", "501"),
+]
 
 
 def free_port() -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import uvicorn
 from starlette.types import ASGIApp
 
+from app import httpserver
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -25,10 +27,14 @@ def free_port() -> int:
 
 @dataclass
 class RunningServer:
-    """A uvicorn server in a background thread; `stop()` and `start()` may be repeated."""
+    """A uvicorn server in a background thread; `stop()` and `start()` may be repeated.
+
+    With `limits`, it holds connections to them as `serve` does (app/httpserver.py).
+    """
 
     app: ASGIApp
     port: int = field(default_factory=free_port)
+    limits: httpserver.ConnectionLimits | None = None
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
 
@@ -45,6 +51,9 @@ class RunningServer:
             lifespan="on",
             timeout_graceful_shutdown=2,
         )
+        if self.limits is not None:
+            config.http = httpserver.protocol_class(self.limits)
+            config.limit_concurrency = httpserver.limit_concurrency(self.limits)
         server = uvicorn.Server(config)
 
         async def serve() -> None:
