@@ -117,7 +117,7 @@ async def test_slow_headers_and_slow_bodies_are_cut_off_while_posts_keep_getting
     assert max(latencies) < 2.0
     # Cutting a body off is routine, not an error a person must look at.
     log = gateway.log_path.read_text()
-    assert "http.body_timeout" in log and "http.client_disconnected" in log
+    assert "http.body_timeout" in log
     assert " ERROR " not in log and "Traceback" not in log
 
 

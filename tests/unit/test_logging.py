@@ -15,6 +15,8 @@ def test_uvicorn_lines_carry_no_colour_codes_nor_uvicorn_only_keys(
     fmt: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging(fmt=fmt)
+    # A uvicorn.Config built by an earlier test may have disabled uvicorn's loggers.
+    logging.getLogger("uvicorn.error").disabled = False
     try:
         # What uvicorn logs when it starts: its message, and the same with ANSI colours.
         logging.getLogger("uvicorn.error").info(
