@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import admin, check, httpserver, pages, retention
 from app.admin.dashboard import dashboard_html
@@ -341,17 +342,45 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class _LazyApp:
-    """`uvicorn app.main:app`: settings are read when the server starts, not at import."""
+    """`uvicorn app.main:app`: settings are read when the server starts, not at import. A bad
+    setting, forms file or database fails the start-up in one line, and uvicorn stops."""
 
     def __init__(self) -> None:
         self._app: ASGIApp | None = None
+        self._error: str | None = None
+
+    def _build(self) -> ASGIApp | None:
+        if self._app is None and self._error is None:
+            try:
+                settings = Settings.load()
+                configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
+                self._app = create_app(settings)
+            except (SettingsError, FormsError) as exc:
+                self._error = f"b24-form-gateway: {exc}"
+        return self._app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._app is None:
-            settings = Settings.load()
-            configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
-            self._app = create_app(settings)
-        await self._app(scope, receive, send)
+        app = self._build()
+        if app is None:
+            if scope["type"] == "lifespan":
+                await receive()  # lifespan.startup
+                await send({"type": "lifespan.startup.failed", "message": self._error or ""})
+            return
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def plain_failure(message: Message) -> None:
+            # Starlette reports a failed start-up with the whole traceback; an unusable
+            # database is the operator's to fix, and one line says how.
+            if message["type"] == "lifespan.startup.failed":
+                last = (str(message.get("message") or "").strip().splitlines() or [""])[-1]
+                cause, _, text = last.partition(": ")
+                if cause.endswith("DatabaseUnavailable"):
+                    message = {**message, "message": f"b24-form-gateway: {text}"}
+            await send(message)
+
+        await app(scope, receive, plain_failure)
 
 
 app = _LazyApp()
@@ -372,20 +401,56 @@ def _load_settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     settings = _load_settings(args)
     configure_logging(level=settings.LOG_LEVEL, fmt=settings.LOG_FORMAT)
-    gateway = create_app(settings)
-    limits = connection_limits(settings)
-    uvicorn.run(
-        gateway,
-        host=settings.HOST,
-        port=settings.PORT,
-        http=httpserver.protocol_class(limits),
-        limit_concurrency=httpserver.limit_concurrency(limits),
-        log_config=None,
-        access_log=False,  # client IPs and paths are not needed in the log
-        proxy_headers=False,
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
-    )
+    # The address first: a second instance on a taken port stops here, before it migrates a
+    # database or starts a worker beside the first one.
+    sock = _bind(settings.HOST, settings.PORT)
+    try:
+        # The database next, so an unusable one is one plain line, not a startup traceback.
+        asyncio.run(_prepare_database(settings.DATABASE_URL))
+        gateway = create_app(settings)
+        limits = connection_limits(settings)
+        config = uvicorn.Config(
+            gateway,
+            http=httpserver.protocol_class(limits),
+            limit_concurrency=httpserver.limit_concurrency(limits),
+            log_config=None,
+            access_log=False,  # client IPs and paths are not needed in the log
+            proxy_headers=False,
+            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+        )
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket for HOST:PORT, or a SettingsError saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise SettingsError(f"HOST: {host!r} is not an address of this machine") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise SettingsError(
+            f"HOST, PORT: cannot listen on {host}:{port} ({exc.strerror or exc}); another "
+            "program (another gateway?) may hold it: stop it or choose another PORT"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _prepare_database(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
 
 
 def standalone_emulator(*, host: str, secret: str) -> ASGIApp:

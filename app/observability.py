@@ -105,3 +105,6 @@ def configure_logging(*, level: str = "INFO", fmt: str = "console") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # uvicorn's access log names every client's address and path: not wanted, however uvicorn
+    # was started (`serve` turns it off; plain `uvicorn app.main:app` would not).
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

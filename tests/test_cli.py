@@ -233,3 +233,47 @@ def test_an_unusable_database_is_one_plain_line_and_exit_2(
     assert len(lines) == 1, result.stderr  # no traceback
     assert says in lines[0] and "DATABASE_URL" in lines[0]
     assert "s3cr3t" not in result.stderr
+
+
+def test_a_second_serve_on_a_taken_port_stops_before_touching_the_database(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    first = tmp_path / "first"
+    first.mkdir()
+    with process([console_script(), "serve", "--port", str(port)], first, clean_env()) as proc:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        second = tmp_path / "second"
+        second.mkdir()
+        result = run_cli(["serve", "--port", str(port)], second, clean_env())
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert f"127.0.0.1:{port}" in line and "PORT" in line
+    assert not (second / "data").exists()  # nothing migrated, no worker started
+
+
+def test_serve_with_an_unusable_database_says_so_in_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://gateway:pw-s3cr3t@127.0.0.1:{free_port()}/gateway"
+    result = run_cli(["serve", "--port", str(free_port())], tmp_path, clean_env(DATABASE_URL=url))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "connection refused" in line and "DATABASE_URL" in line and "s3cr3t" not in line
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"FORMS_FILE": "missing.toml"}, "FORMS_FILE"),
+        ({"DATABASE_URL": "postgresql://gateway@127.0.0.1:9/gateway"}, "connection refused"),
+    ],
+)
+def test_uvicorn_app_main_app_stops_on_a_bad_configuration_in_one_line(
+    tmp_path: Path, env: dict[str, str], says: str
+) -> None:
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(free_port())]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert says in result.stderr and "Application startup failed" in result.stderr
+    assert "Traceback" not in result.stderr
