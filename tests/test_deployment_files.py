@@ -20,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
+from dotenv import dotenv_values
 
 from app.main import create_app
 from app.settings import Settings
@@ -285,3 +286,23 @@ def test_nginx_balances_both_replicas_and_their_limit_counts_real_clients(
     finally:
         for replica in replicas.values():
             replica.stop()
+
+
+@pytest.mark.parametrize("service", ["gateway-a", "gateway-b", "worker"])
+def test_with_env_example_copied_to_env_each_replica_listens_where_nginx_sends(
+    service: str, tmp_path: Path
+) -> None:
+    """The README's steps: `cp .env.example .env`, set the webhook, `docker compose up`.
+    Compose gives `environment` precedence over `env_file`: the settings each container
+    gets are those of .env.example overridden by the compose file's."""
+    env = {k: v for k, v in dotenv_values(ROOT / ".env.example").items() if v}
+    env["B24_WEBHOOK_URL"] = "https://portal.example/rest/1/s3cr3tw3bhook/"
+    env |= {k: str(v) for k, v in compose()["services"][service]["environment"].items()}
+    settings = Settings.load(_env_file=None, **env)
+    assert settings.HOST == "0.0.0.0"  # reachable from nginx, not only from itself
+    assert not settings.sandbox
+    assert settings.DATABASE_URL.startswith("postgresql+asyncpg://")
+    upstream = {a for d in nginx_directives() if d["directive"] == "server" for a in d["args"]}
+    if service != "worker":
+        assert f"{service}:{settings.PORT}" in upstream
+        assert settings.WORKER is False
