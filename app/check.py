@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+
 from app.bitrix import BitrixClient, BitrixError, ConfigError
 from app.delivery.marker import DEFAULT_QUOTE_FIELD, Marker, marker_for, userfield_add_params
 from app.forms import PERSON_FIELDS, Entity, Form, load_forms
+from app.intake.origins import OriginPolicy, check_redirects
 from app.netaddr import is_loopback_host
 from app.settings import Settings
+from app.store import DatabaseUnavailable, schema_state
 
 ClientFactory = Callable[[Settings], BitrixClient]
 Level = Literal["ok", "fail", "warn", "skip"]
@@ -72,10 +76,13 @@ def run(*, client_for: ClientFactory, create_fields: bool = False) -> int:
     """0 when every check passes, 1 when one fails; bad settings or forms raise (exit 2)."""
     settings = Settings.load()
     forms = load_forms(settings.FORMS_FILE)
+    # What `serve` refuses at start-up, check refuses the same way (FormsError, exit 2).
+    check_redirects(forms, OriginPolicy(settings.ALLOWED_ORIGINS, forms))
     report = Report()
     report.add("ok", "settings: loaded")
     source = f"from {settings.FORMS_FILE}" if settings.FORMS_FILE else "built-in; no FORMS_FILE"
     report.add("ok", f"forms: {', '.join(sorted(forms))} ({source})")
+    asyncio.run(check_database(report, settings.DATABASE_URL))
     if settings.sandbox:
         report.add(
             "ok",
@@ -104,6 +111,26 @@ def run(*, client_for: ClientFactory, create_fields: bool = False) -> int:
     )
     print(_redact(report.render(), webhook))
     return 1 if report.failed else 0
+
+
+async def check_database(report: Report, url: str) -> None:
+    """The database `serve` would use: reachable, and its schema (never changed here)."""
+    where = make_url(url).render_as_string(hide_password=True)
+    try:
+        state = await schema_state(url)
+    except DatabaseUnavailable as exc:
+        report.add("fail", f"database: {exc}")
+        return
+    if state == "current":
+        report.add("ok", f"database: {where}, schema up to date")
+    else:
+        # Normal before the first start or after an upgrade: `serve` migrates as it starts.
+        missing = "no gateway schema yet" if state == "empty" else "an older schema"
+        report.add(
+            "ok",
+            f"database: {where}, {missing}; `serve` or `b24-form-gateway migrate` brings it up "
+            "to date",
+        )
 
 
 async def _probe_and_close(

@@ -15,7 +15,7 @@ import pytest
 
 from app.main import cli
 from tests.conftest import PORTAL_SECRET, Portal, new_portal
-from tests.servers import RunningServer
+from tests.servers import RunningServer, free_port
 
 Check = Callable[..., tuple[int, str]]
 
@@ -341,3 +341,37 @@ def test_a_renamed_portal_is_reported_with_its_new_host_never_the_secret(check: 
     finally:
         new.stop()
         old.server.stop()
+
+
+def test_check_refuses_what_serve_refuses_a_redirect_off_the_allowed_origins(
+    check: Check, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://shop.example")
+    forms = '[forms.contact]\nredirect_url = "https://elsewhere.example/thanks"\n'
+    code, output = check(webhook=None, forms=forms)
+    assert code == 2
+    assert "redirect_url" in output and "https://elsewhere.example" in output
+
+
+def test_check_reports_the_database_and_its_schema_without_changing_it(
+    check: Check, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    database = tmp_path / "gateway.db"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{database}")
+    code, output = check(webhook=None, forms=None)
+    assert code == 0
+    assert "[ok]   database:" in output and "no gateway schema yet" in output
+    assert not database.exists()  # check creates nothing
+    assert cli(["migrate"]) == 0
+    code, output = check(webhook=None, forms=None)
+    assert "[ok]   database:" in output and "schema up to date" in output
+
+
+def test_check_fails_an_unreachable_database_in_plain_words(
+    check: Check, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://gateway:pw-s3cr3t@127.0.0.1:{free_port()}/g")
+    code, output = check(webhook=None, forms=None)
+    assert code == 1
+    assert "[FAIL] database: cannot use PostgreSQL" in output and "connection refused" in output
+    assert "s3cr3t" not in output

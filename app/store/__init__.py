@@ -1,6 +1,12 @@
 """The database: schema, migrations, and every state change of a submission."""
 
-from app.store.db import DatabaseUnavailable, create_engine, database_problem, migrate
+from app.store.db import (
+    DatabaseUnavailable,
+    create_engine,
+    database_problem,
+    migrate,
+    schema_state,
+)
 from app.store.leader import Leadership
 from app.store.submissions import (
     AttemptRecord,
@@ -27,4 +33,5 @@ __all__ = [
     "create_engine",
     "database_problem",
     "migrate",
+    "schema_state",
 ]

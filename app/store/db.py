@@ -8,6 +8,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
@@ -129,3 +131,34 @@ async def migrate(engine: AsyncEngine) -> None:
         if (problem := database_problem(exc, url)) is not None:
             raise problem from exc
         raise
+
+
+async def schema_state(url: str) -> str:
+    """ "current", "behind" (an older revision: `migrate` or `serve` upgrades it) or "empty" (no
+    gateway schema yet); DatabaseUnavailable when the database cannot be used. Changes nothing:
+    an SQLite file that does not exist is "empty" and is not created."""
+    parsed = make_url(url)
+    if _missing_sqlite_file(parsed.get_backend_name(), parsed.database):
+        return "empty"
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    engine = create_async_engine(url, hide_parameters=True)
+    try:
+        async with engine.connect() as conn:
+            current = await conn.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    except (OSError, DBAPIError) as exc:
+        if problem := database_problem(exc, parsed.render_as_string(hide_password=True)):
+            raise problem from exc
+        raise
+    finally:
+        await engine.dispose()
+    if current is None:
+        return "empty"
+    return "current" if current == head else "behind"
+
+
+def _missing_sqlite_file(backend: str, database: str | None) -> bool:
+    if backend != "sqlite" or not database or database == ":memory:":
+        return False
+    return not database.startswith("file:") and not Path(database).expanduser().exists()
