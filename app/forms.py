@@ -6,6 +6,7 @@ field values. Pure apart from reading the forms file once at start-up.
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
 import tomllib
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from app.settings import origin_setting
 
@@ -184,6 +186,7 @@ class Form:
 
 
 BUILTIN_FORMS: dict[str, Form] = {"contact": Form(id="contact")}
+_FORM_KEYS = tuple(_FormModel.model_fields)
 
 
 def load_forms(path: Path | None) -> dict[str, Form]:
@@ -215,10 +218,33 @@ def load_forms(path: Path | None) -> dict[str, Form]:
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
             key = ".".join(str(p) for p in err["loc"]) or "?"
-            message = err["msg"].removeprefix("Value error, ")
-            raise FormsError(f"{where} {key}: {message}") from None
+            raise FormsError(f"{where} {key}: {_plain(err)}") from None
         forms[form_id] = Form(id=form_id, **model.model_dump())
     return forms
+
+
+def _plain(err: ErrorDetails) -> str:
+    """A validation error in plain words, with the text that was wrong and, for a misspelt
+    key, the key that was probably meant."""
+    kind, given = err["type"], err.get("input")
+    shown = repr(given) if isinstance(given, str | int | float | bool) else None
+    if kind == "extra_forbidden":
+        name = str(err["loc"][-1])
+        known = _FORM_KEYS if len(err["loc"]) == 1 else ()
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listing = f" (known keys: {', '.join(sorted(known))})" if known and not close else ""
+        return f"unknown key{hint}{listing}"
+    if kind in ("literal_error", "enum"):
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"is {shown}; use one of {expected}"
+    if kind in ("tuple_type", "list_type"):
+        return f'must be a list like ["a", "b"], not {shown or type(given).__name__}'
+    if kind in ("dict_type", "model_type"):
+        return f"must be a table ([...] section or {{ key = value }}), not {shown or 'this'}"
+    if kind.startswith(("string_", "int_", "float_", "bool_")) and shown is not None:
+        return f"{err['msg'].lower()}, not {shown}"
+    return err["msg"].removeprefix("Value error, ")
 
 
 # --------------------------------------------------------------------------- the mapping

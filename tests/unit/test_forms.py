@@ -206,3 +206,25 @@ def test_the_utm_set_comes_whole_from_one_visit() -> None:
     trace = {"utm_source": "google", "utm_medium": "cpc", "utm_campaign": "spring"}
     assert utm_of({"utm_campaign": ["summer"]}, trace) == {"utm_campaign": "summer"}
     assert utm_of({}, trace) == trace
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[forms.a]\ntittle = 'x'\n", "tittle: unknown key; did you mean 'title'?"),
+        ("[forms.a]\nredirect = 'x'\n", "did you mean 'redirect_url'?"),
+        ("[forms.a]\nfoo_bar = 1\n", "known keys: allowed_origins"),
+        ("[forms.a]\nrequired = 'phone'\n", 'must be a list like ["a", "b"], not \'phone\''),
+        ("[forms.a]\nentity = 'invoice'\n", "is 'invoice'; use one of 'lead', 'deal'"),
+        ("[forms.a]\ncontact = 'maybe'\n", "is 'maybe'; use one of 'find_or_create'"),
+        ("[forms.a]\nmin_fill_seconds = 'abc'\n", "not 'abc'"),
+    ],
+)
+def test_forms_file_mistakes_are_told_in_plain_words_with_the_text_that_was_wrong(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    with pytest.raises(FormsError) as err:
+        load_forms(write(tmp_path, text))
+    message = str(err.value)
+    assert says in message
+    assert "Input should be" not in message and "Extra inputs" not in message
