@@ -51,6 +51,9 @@ DEFAULT_TITLE = "Website request: {form}"
 # docs/bitrix24.md: the stock "Website" source; an empty string leaves it unset).
 DEFAULT_SOURCE_ID = "WEB"
 DEFAULT_REQUIRED = ("phone|email",)
+# The pages a visitor without JavaScript sees: built-in languages, and the texts a form may set.
+LANGUAGES = ("en", "ru")
+TEXT_KEYS = ("thank_you_title", "thank_you", "error_title", "error", "back")
 
 Scalar = str | int | float | bool
 FieldValue = Scalar | list[Scalar] | list[dict[str, str]]
@@ -96,6 +99,9 @@ class _FormModel(BaseModel):
     # The widget action (Turnstile `data-action`, reCAPTCHA v3 `action`) a token must have been
     # solved for; unset, any action passes.
     captcha_action: str | None = Field(default=None, min_length=1, max_length=64)
+    # The thank-you and error pages of an HTML post without redirect: language and own texts.
+    language: Literal["en", "ru"] = "en"
+    texts: dict[str, str] = Field(default_factory=dict)
     # Whether a numeric trace (the id of an existing trace) is sent. getTrace() never returns
     # one, and on a public form an id would let a visitor attach their record to anyone's trace.
     trace_ids: bool = False
@@ -126,6 +132,18 @@ class _FormModel(BaseModel):
                 continue
             if not name.isidentifier() or spec or conversion:
                 raise ValueError(f"may only name fields like {{name}}, not {{{name}}}")
+        return value
+
+    @field_validator("texts")
+    @classmethod
+    def _check_texts(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if key not in TEXT_KEYS:
+                close = difflib.get_close_matches(key, TEXT_KEYS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"use {', '.join(TEXT_KEYS)}"
+                raise ValueError(f"unknown text {key!r}; {hint}")
+            if not text.strip() or len(text) > 2000:
+                raise ValueError(f"{key}: 1 to 2000 characters")
         return value
 
     @field_validator("required")
@@ -182,6 +200,8 @@ class Form:
     min_fill_seconds: float = 0
     captcha: bool = True
     captcha_action: str | None = None
+    language: str = "en"
+    texts: Mapping[str, str] = field(default_factory=dict)
     trace_ids: bool = False
 
 

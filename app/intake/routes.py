@@ -41,6 +41,7 @@ from app.intake.clientip import UNKNOWN, ClientResolver, rate_key
 from app.intake.origins import OriginPolicy, check_redirects, origin_host
 from app.intake.ratelimit import RateLimit
 from app.intake.spam import FILL_TIME_FIELD, spam_reason
+from app.intake.visitor_pages import back_link, error_page, thank_you_page
 from app.metrics import Metrics
 from app.settings import Settings
 from app.store import NewSubmission, Status, Store, Submission
@@ -273,22 +274,22 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
     form = ctx.forms.get(form_id)
     if form is None:
         return error_response(404, f"unknown form {form_id[:64]!r}")
+    wants_html = _wants_html(request)
+    page = _Page(request, ctx, form) if wants_html else None
     if ctx.origins.denies(form.id, request.headers):
-        return error_response(403, "this origin may not post to this form")
+        return _refused(form, 403, "this origin may not post to this form", page=page)
     peer = request.client.host if request.client else None
     client_ip = ctx.clients.client_ip(peer, request.headers.getlist("x-forwarded-for"))
     if (wait := await ctx.rate_limit.hit(form.id, rate_key(client_ip))) is not None:
-        return error_response(
-            429, "too many submissions from this client; try again later", retry_after=wait
-        )
+        message = "too many submissions from this client; try again later"
+        return _refused(form, 429, message, retry_after=wait, page=page)
     try:
         refusal = await ctx.budget.refusal(form.id)
     except SQLAlchemyError as exc:
         log.error("intake.store_failed", extra={"form_id": form.id, "error": type(exc).__name__})
-        return error_response(503, "the submission could not be stored; try again")
+        return _refused(form, 503, "the submission could not be stored; try again", page=page)
     if refusal is not None:
-        return error_response(503, refusal.message, retry_after=refusal.retry_after)
-    wants_html = _wants_html(request)
+        return _refused(form, 503, refusal.message, retry_after=refusal.retry_after, page=page)
     try:
         body = await parse_body(request, limit=ctx.settings.MAX_BODY_BYTES)
         # The header wins over the field when both are present (docs/design.md).
@@ -296,14 +297,14 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         if key is None:
             key = _idempotency_key(first(body.fields, KEY_FIELD) or None)
     except BodyError as exc:
-        return _refused(form, exc.status, exc.message, exc.errors, wants_html=wants_html)
+        return _refused(form, exc.status, exc.message, exc.errors, page=page)
     fields = canonical_fields(
         form, {k: v for k, v in body.fields.items() if k not in TRANSIENT_FIELDS}
     )
 
     errors = missing_required(form, fields) | _invalid_contacts(fields)
     if errors:
-        return _refused(form, 422, "some fields are invalid", errors, wants_html=wants_html)
+        return _refused(form, 422, "some fields are invalid", errors, page=page)
 
     trace = check_trace(
         body.trace, allow_ids=form.trace_ids, max_bytes=ctx.settings.MAX_TRACE_BYTES
@@ -312,11 +313,11 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
     # With a captcha, a replay is answered before verifying: a token verifies only once. Without
     # one, the insert itself detects a replay (ON CONFLICT on the key), which saves a read.
     if key is not None and ctx.captcha is not None and form.captcha:
-        existing = await _replay(ctx, form, key, body_hash, wants_html=wants_html)
+        existing = await _replay(ctx, form, key, body_hash, page=page)
         if isinstance(existing, Response):
             return existing
         if existing is not None:
-            return _answer(form, existing, wants_html)
+            return _answer(form, existing, page)
 
     # Replays are answered above without a second captcha check: a token verifies only once.
     reason = spam_reason(form, body.fields)
@@ -354,7 +355,7 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         return error_response(503, "the submission could not be stored; try again")
     stored = enqueued.submission
     if not enqueued.created and stored.body_hash != body_hash:
-        return _refused(form, 409, CONFLICT_MESSAGE, wants_html=wants_html)
+        return _refused(form, 409, CONFLICT_MESSAGE, page=page)
     request.state.spam = stored.status is Status.SPAM
     if enqueued.created:
         ctx.budget.stored(form.id)
@@ -370,7 +371,7 @@ async def _submit(ctx: IntakeContext, form_id: str, request: Request) -> Respons
         )
         if stored.status is not Status.SPAM:
             ctx.on_accepted()
-    return _answer(form, stored, wants_html)
+    return _answer(form, stored, page)
 
 
 async def _captcha_reason(
@@ -415,27 +416,51 @@ def _wants_html(request: Request) -> bool:
     return kind in (URLENCODED, MULTIPART) and "text/html" in request.headers.get("accept", "")
 
 
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """An HTML form post's answer: where "back" leads (the page it came from, when that is on
+    one of the form's origins)."""
+
+    back: str | None
+
+    def __init__(self, request: Request, ctx: IntakeContext, form: Form) -> None:
+        allowed = ctx.origins.allowed(form.id)
+        object.__setattr__(self, "back", back_link(request.headers.get("referer"), allowed))
+
+
 def _refused(
     form: Form,
     status: int,
     message: str,
     errors: Mapping[str, str] | None = None,
     *,
-    wants_html: bool,
+    page: _Page | None,
+    retry_after: int | None = None,
 ) -> Response:
-    """A refusal: JSON, or for an HTML post a 303 to the form's `error_redirect_url`.
+    """A refusal: JSON; for an HTML post a 303 to the form's `error_redirect_url`, or without
+    one the built-in page saying what to fix, in the form's language.
 
     The target is the forms file's URL (checked against the form's origins at start-up) with
     `error=<reason>` and, for invalid fields, `fields=<names>` added; never a URL from the
     request, and only names the form itself knows (`own_field_names`): a name the client made
-    up would let anyone put text of their choosing into the site's own error page.
+    up would let anyone put text of their choosing into the site's own error page. The
+    built-in page shows the same names only.
     """
     reason = ERROR_REASONS.get(status)
-    if not (wants_html and form.error_redirect_url and reason):
-        return error_response(status, message, errors)
-    params = {"error": reason}
     known = own_field_names(form)
-    if named := sorted(name for name in errors or () if name in known):
+    own = {name: text for name, text in (errors or {}).items() if name in known}
+    if page is None:
+        return error_response(status, message, errors, retry_after=retry_after)
+    if not (form.error_redirect_url and reason):
+        body = error_page(
+            language=form.language, overrides=form.texts, status=status, errors=own, back=page.back
+        )
+        if retry_after is None and status == 503:
+            retry_after = 5
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return HTMLResponse(body, status_code=status, headers=headers)
+    params = {"error": reason}
+    if named := sorted(own):
         params["fields"] = ",".join(named)
     parts = urlsplit(form.error_redirect_url)
     query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
@@ -455,7 +480,7 @@ def own_field_names(form: Form) -> frozenset[str]:
 
 
 async def _replay(
-    ctx: IntakeContext, form: Form, key: str, body_hash: str, *, wants_html: bool
+    ctx: IntakeContext, form: Form, key: str, body_hash: str, *, page: _Page | None
 ) -> Submission | Response | None:
     """The submission stored under this key (a replay), a refusal (409, 503), or None."""
     try:
@@ -466,25 +491,16 @@ async def _replay(
     if existing is None:
         return None
     if existing.body_hash != body_hash:
-        return _refused(form, 409, CONFLICT_MESSAGE, wants_html=wants_html)
+        return _refused(form, 409, CONFLICT_MESSAGE, page=page)
     return existing
 
 
-def _answer(form: Form, submission: Submission, wants_html: bool) -> Response:
-    if not wants_html:
+def _answer(form: Form, submission: Submission, page: _Page | None) -> Response:
+    if page is None:
         return JSONResponse({"id": submission.id, "status": "accepted"}, status_code=202)
     if form.redirect_url:
         return RedirectResponse(form.redirect_url, status_code=303)
-    return HTMLResponse(THANK_YOU_PAGE, status_code=200)
-
-
-THANK_YOU_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Thank you</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto}</style>
-</head><body><h1>Thank you!</h1><p>We have received your request and will be in touch soon.</p>
-</body></html>
-"""
+    return HTMLResponse(thank_you_page(language=form.language, overrides=form.texts))
 
 
 def _idempotency_key(value: str | None) -> str | None:
