@@ -382,3 +382,23 @@ async def _counted(gateway: Gateway, *keys: tuple[str, str]) -> bool:
 
 async def _all_counted(gateway: Gateway, result: str) -> bool:
     return await _counted(gateway, *((c, result) for c in ("bitrix", "email", "webhook")))
+
+
+async def test_in_sandbox_mode_failures_are_notified_to_the_built_in_portal_and_shown(
+    make_gateway: MakeGateway,
+) -> None:
+    gateway = await make_gateway(None, ALERT_BITRIX_USER_IDS="1")
+    async with gateway.client() as client:
+        await client.post(
+            "/sandbox/_control/faults", json={"fail_methods": {"crm.lead.add": REFUSAL}}
+        )
+        submission_id = await submit(gateway, {"phone": "+1555000006"})
+
+        async def notes() -> list[dict[str, Any]]:
+            state = (await client.get("/sandbox/_control/state")).json()
+            return list(state["notifications"])
+
+        [note] = await wait_for(notes)
+        page = (await client.get("/sandbox/")).text
+    assert note["USER_ID"] == 1 and submission_id in note["MESSAGE"]
+    assert "Notifications (1)" in page and submission_id in page

@@ -46,6 +46,8 @@ def system_add(
 ) -> int:
     """Add one notification and return its id. A TAG already in use by the same user's
     notifications replaces them (the docs: "other notifications will be removed")."""
+    # Parameter names in any case: the im module's REST handlers upper-case the keys first
+    # (the docs write them in upper case; lower-case callers are not refused) [OURS].
     upper = {str(key).upper(): value for key, value in params.items()}
     user_id = as_int(upper.get("USER_ID"))
     if user_id is None or user_id <= 0:
