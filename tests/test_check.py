@@ -341,3 +341,17 @@ def test_a_renamed_portal_is_reported_with_its_new_host_never_the_secret(check: 
     finally:
         new.stop()
         old.server.stop()
+
+
+def test_alerts_to_portal_users_need_the_im_scope_and_check_says_so(
+    custom_fields: Portal, check: Check, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALERT_BITRIX_USER_IDS", "1,7")
+    code, out = check(webhook=custom_fields.webhook_url)
+    assert code == 1
+    [alerts] = lines_with(out, "alerts:")
+    assert alerts.startswith("[FAIL]") and "needs the webhook's `im` scope" in alerts
+    custom_fields.control("config", {"scopes": ["crm", "user", "im", "basic"]})
+    code, out = check(webhook=custom_fields.webhook_url)
+    [alerts] = lines_with(out, "alerts:")
+    assert alerts == "[ok]   alerts: the webhook may notify users 1, 7 (im granted)"
