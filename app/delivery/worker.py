@@ -168,9 +168,9 @@ class Worker:
         on_failed: Callable[[Sequence[tuple[Submission, Outcome]]], None] | None = None,
     ) -> None:
         self.metrics = metrics
-        # Told, once the outcomes are committed, which submissions of a pass failed for good
-        # (as claimed, with the outcome that failed them);
-        # it must return at once (alerts are sent elsewhere, never holding up delivery).
+        # Told, once a pass's outcomes are committed, which submissions failed for good (as
+        # claimed, each with its outcome). It must return at once: alerts are sent elsewhere,
+        # so that telling people never holds up delivery.
         self.on_failed = on_failed
         self.leading = False  # this process's worker is the one that delivers
         self.store = store
