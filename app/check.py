@@ -1,14 +1,15 @@
 """`b24-form-gateway check`: can this configuration deliver? Loads the settings and the forms, then
 asks the portal (in sandbox mode, the built-in emulator) whether the webhook works, has the `crm`
 scope, every field the forms write (docs/bitrix24.md §6.1) and each record's identity marker
-(`--create-fields` creates a missing one), and whether it moved. Never prints the webhook URL.
+(`--create-fields` creates a missing one), the `im` scope when alerts go to portal users, and
+whether it moved. Never prints the webhook URL.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -107,6 +108,7 @@ def run(*, client_for: ClientFactory, create_fields: bool = False) -> int:
             quote_field=settings.QUOTE_ORIGIN_FIELD,
             create_fields=create_fields,
             webhook=webhook,
+            notify_users=settings.ALERT_BITRIX_USER_IDS,
         )
     )
     print(_redact(report.render(), webhook))
@@ -142,6 +144,7 @@ async def _probe_and_close(
     quote_field: str,
     create_fields: bool,
     webhook: str | None,
+    notify_users: Sequence[int] = (),
 ) -> None:
     try:
         await probe(
@@ -151,6 +154,7 @@ async def _probe_and_close(
             sandbox=sandbox,
             quote_field=quote_field,
             create_fields=create_fields,
+            notify_users=notify_users,
         )
         if webhook is not None:
             check_moved(report, client, webhook)
@@ -166,9 +170,11 @@ async def probe(
     sandbox: bool,
     quote_field: str = DEFAULT_QUOTE_FIELD,
     create_fields: bool = False,
+    notify_users: Sequence[int] = (),
 ) -> None:
     """Run the portal checks, adding one line each; later checks are skipped when one
-    they depend on fails. `create_fields`: create missing identity marker fields."""
+    they depend on fails. `create_fields`: create missing identity marker fields.
+    `notify_users`: ALERT_BITRIX_USER_IDS, whose notifications need the `im` scope."""
     try:
         profile = await client.call("profile")
     except BitrixError as exc:
@@ -184,6 +190,8 @@ async def probe(
         report.add("fail", f"scope: cannot be read ({_error(exc)})")
         return
     granted = [str(s) for s in scopes] if isinstance(scopes, list) else []
+    if notify_users:
+        _check_notify_scope(report, granted, notify_users)
     if "crm" not in granted:
         report.add(
             "fail",
@@ -219,6 +227,19 @@ async def probe(
             marker = markers[role]
             _check_fields(report, form, role, written, known, marker=marker, sandbox=sandbox)
             _check_marker(report, form, role, known, marker, created=created, sandbox=sandbox)
+
+
+def _check_notify_scope(report: Report, granted: Sequence[str], users: Sequence[int]) -> None:
+    """Alerts to portal users go through im.notify.system.add (docs/bitrix24.md §13)."""
+    ids = ", ".join(str(u) for u in users)
+    if "im" in granted:
+        report.add("ok", f"alerts: the webhook may notify users {ids} (im granted)")
+    else:
+        report.add(
+            "fail",
+            f"alerts: ALERT_BITRIX_USER_IDS ({ids}) needs the webhook's `im` scope, which it "
+            "lacks; edit the webhook in Bitrix24 and tick Chat and Notifications (im)",
+        )
 
 
 def roles(form: Form) -> dict[str, set[str]]:

@@ -12,9 +12,9 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import uvicorn
@@ -28,7 +28,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import admin, check, httpserver, pages, retention
 from app.admin.dashboard import dashboard_html
 from app.admin.throttle import FailedLogins
-from app.bitrix import BitrixClient
+from app.alerts import (
+    Alerter,
+    Backlog,
+    BitrixChannel,
+    Channel,
+    ChannelError,
+    EmailChannel,
+    Failure,
+    WebhookChannel,
+)
+from app.bitrix import BitrixClient, BitrixError
 from app.delivery import RetryPolicy, Worker, WorkerConfig
 from app.delivery.breaker import Breaker
 from app.delivery.plan import preview
@@ -46,7 +56,15 @@ from app.observability import RequestIdMiddleware, configure_logging
 from app.sandbox import Emulator, EmulatorConfig, SameOriginOnly, create_emulator_app
 from app.secheaders import SecurityHeaders, under
 from app.settings import Settings, SettingsError
-from app.store import DatabaseUnavailable, Status, Store, create_engine, migrate
+from app.store import (
+    DatabaseUnavailable,
+    Outcome,
+    Status,
+    Store,
+    Submission,
+    create_engine,
+    migrate,
+)
 
 log = logging.getLogger("app.main")
 
@@ -56,6 +74,9 @@ SANDBOX_PREFIX = "/sandbox"
 # Answers that hold personal data or the admin's view: never kept by a browser or a proxy.
 PRIVATE_PATHS = ("/admin", SANDBOX_PREFIX)
 SHUTDOWN_GRACE_SECONDS = 10.0
+ALERTS_DRAIN_SECONDS = 5.0
+# The sandbox webhook may also send notifications (ALERT_BITRIX_USER_IDS in sandbox mode).
+SANDBOX_SCOPES = ("crm", "user", "im", "basic")
 
 
 @dataclass(slots=True)
@@ -117,6 +138,102 @@ def build_client(
     )
 
 
+def alert_channels(settings: Settings, client: BitrixClient) -> list[Channel]:
+    """The channels the settings turn on; none by default."""
+    channels: list[Channel] = []
+    if settings.ALERT_BITRIX_USER_IDS:
+        channels.append(BitrixChannel(bitrix_notify(client), settings.ALERT_BITRIX_USER_IDS))
+    if settings.ALERT_SMTP_HOST and settings.ALERT_SMTP_FROM:
+        password = settings.ALERT_SMTP_PASSWORD
+        channels.append(
+            EmailChannel(
+                host=settings.ALERT_SMTP_HOST,
+                port=settings.ALERT_SMTP_PORT,
+                sender=settings.ALERT_SMTP_FROM,
+                recipients=settings.ALERT_SMTP_TO,
+                username=settings.ALERT_SMTP_USER,
+                password=password.get_secret_value() if password else None,
+                starttls=settings.ALERT_SMTP_STARTTLS,
+            )
+        )
+    if settings.ALERT_WEBHOOK_URL is not None:
+        channels.append(
+            WebhookChannel(
+                settings.ALERT_WEBHOOK_URL.get_secret_value(),
+                chat_id=settings.ALERT_WEBHOOK_CHAT_ID,
+            )
+        )
+    return channels
+
+
+def bitrix_notify(client: BitrixClient) -> Callable[[int, str], Awaitable[None]]:
+    """im.notify.system.add through the gateway's client (docs/bitrix24.md §13)."""
+
+    async def notify(user_id: int, message: str) -> None:
+        try:
+            result = await client.call(
+                "im.notify.system.add", {"USER_ID": user_id, "MESSAGE": message}
+            )
+        except BitrixError as exc:
+            hint = None
+            if exc.code == "insufficient_scope":
+                hint = "the webhook lacks the im scope that ALERT_BITRIX_USER_IDS needs"
+            raise ChannelError(exc.label, hint=hint) from None
+        if result is False or result is None:  # the portal made no notification
+            raise ChannelError("not_created")
+
+    return notify
+
+
+def build_alerter(
+    settings: Settings, store: Store, client: BitrixClient, worker: Worker, metrics: Metrics | None
+) -> Alerter | None:
+    """Alerts run beside a worker: it reports failures, and its leadership decides which
+    process watches for stalls. None when no channel is configured."""
+    channels = alert_channels(settings, client)
+    if not channels:
+        return None
+
+    async def backlog(now: datetime) -> Backlog:
+        counts = await store.count_by_status()
+        return Backlog(
+            oldest_due=await store.oldest_due(now=now),
+            waiting=counts[Status.ACCEPTED] + counts[Status.DELIVERING],
+            failed=counts[Status.FAILED],
+        )
+
+    alerter = Alerter(
+        channels,
+        backlog=backlog,
+        stall_after=timedelta(minutes=settings.ALERT_STALL_MINUTES),
+        max_per_hour=settings.ALERT_MAX_PER_HOUR,
+        leading=lambda: worker.leading,
+        metrics=metrics,
+    )
+
+    def on_failed(failed: Sequence[tuple[Submission, Outcome]]) -> None:
+        alerter.failed(
+            [
+                Failure(s.id, s.form_id, outcome.attempt.error_code, outcome.attempt.attempt)
+                for s, outcome in failed
+            ]
+        )
+
+    worker.on_failed = on_failed
+    return alerter
+
+
+async def stop_alerts(alerter: Alerter, task: asyncio.Task[None]) -> None:
+    """Stop watching; what is still queued (a failure of the last pass) gets a short while."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    try:
+        await asyncio.wait_for(alerter.drain(), timeout=ALERTS_DRAIN_SECONDS)
+    except TimeoutError:
+        log.warning("alerts.shutdown_timeout")
+
+
 def admin_context(settings: Settings, store: Store) -> admin.AdminContext:
     """What the admin API and the `submissions` CLI need; `on_requeued` is set by the lifespan."""
     return admin.AdminContext(
@@ -138,7 +255,7 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
     emulator: Emulator | None = None
     emulator_app: ASGIApp | None = None
     if settings.sandbox:
-        emulator = Emulator(EmulatorConfig(secret=SANDBOX_SECRET))
+        emulator = Emulator(EmulatorConfig(secret=SANDBOX_SECRET, scopes=SANDBOX_SCOPES))
         emulator_app = create_emulator_app(emulator)
 
     @contextlib.asynccontextmanager
@@ -162,6 +279,7 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
             if settings.WORKER
             else None
         )
+        alerter = build_alerter(settings, store, client, worker, metrics) if worker else None
         app.state.runtime = Runtime(store, client, worker.breaker if worker else None)
         app.state.intake.on_accepted = worker.wake if worker else (lambda: None)
         if admin_ctx is not None:  # a retry by hand is delivered at once, not at the next poll
@@ -169,6 +287,7 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
             if worker is not None:
                 admin_ctx.portal_state = worker.breaker.snapshot
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
+        alerts_task = asyncio.create_task(alerter.run(), name="alerts") if alerter else None
         retention_task = (
             asyncio.create_task(
                 retention.run(
@@ -195,6 +314,8 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
                 except TimeoutError:
                     # Claims stay leased; after the lease they are retried with a look-up first.
                     log.warning("worker.shutdown_timeout")
+            if alerter is not None and alerts_task is not None:
+                await stop_alerts(alerter, alerts_task)
             if retention_task is not None:
                 retention_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -491,7 +612,10 @@ async def _run_worker(settings: Settings) -> None:
     engine = create_engine(settings.DATABASE_URL)
     await migrate(engine)
     client = build_client(settings, None)
-    worker = Worker(Store(engine), client, worker_config(settings))
+    store = Store(engine)
+    worker = Worker(store, client, worker_config(settings))
+    alerter = build_alerter(settings, store, client, worker, None)
+    alerts_task = asyncio.create_task(alerter.run(), name="alerts") if alerter else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -499,6 +623,8 @@ async def _run_worker(settings: Settings) -> None:
     try:
         await worker.run()
     finally:
+        if alerter is not None and alerts_task is not None:
+            await stop_alerts(alerter, alerts_task)
         await client.aclose()
         await engine.dispose()
 
@@ -529,7 +655,7 @@ def _check_client(settings: Settings) -> BitrixClient:
     """`check` talks to the portal, or in sandbox mode to a fresh emulator, as `serve` would."""
     if not settings.sandbox:
         return build_client(settings, None)
-    emulator = Emulator(EmulatorConfig(secret=SANDBOX_SECRET))
+    emulator = Emulator(EmulatorConfig(secret=SANDBOX_SECRET, scopes=SANDBOX_SCOPES))
     return build_client(settings, create_emulator_app(emulator))
 
 

@@ -116,6 +116,14 @@ class Metrics:
             registry=r,
         )
 
+        self.alerts = Counter(
+            "gateway_alerts",
+            "Alerts by channel (bitrix, email, webhook) and result (sent, failed, suppressed: "
+            "held back by ALERT_MAX_PER_HOUR).",
+            ["channel", "result"],
+            registry=r,
+        )
+
     # The Bitrix client's observer interface (app.bitrix.client.RequestObserver).
     def portal_request(self, method: str, status: str, seconds: float) -> None:
         self.portal_requests.labels(method=method, status=status).inc()

@@ -167,7 +167,25 @@ class Settings(BaseSettings):
     RETRY_HORIZON_SECONDS: float = Field(default=3 * 24 * 3600.0, gt=0)
     RETRY_MAX_ATTEMPTS: int = Field(default=1000, ge=1)
 
-    @field_validator("ALLOWED_ORIGINS", "TRUSTED_PROXIES", mode="before")
+    # --- alerts (app/alerts.py): each channel is off until configured ---
+    # Portal users told through im.notify.system.add (the webhook needs the `im` scope).
+    ALERT_BITRIX_USER_IDS: Annotated[tuple[int, ...], NoDecode] = ()
+    ALERT_SMTP_HOST: str | None = None
+    ALERT_SMTP_PORT: int = Field(default=587, ge=1, le=65535)
+    ALERT_SMTP_USER: str | None = None
+    ALERT_SMTP_PASSWORD: SecretStr | None = None
+    ALERT_SMTP_FROM: str | None = None
+    ALERT_SMTP_TO: Annotated[tuple[str, ...], NoDecode] = ()
+    ALERT_SMTP_STARTTLS: bool = True
+    # Slack-style incoming webhook or a Telegram bot's sendMessage URL; a secret (it holds a
+    # token). ALERT_WEBHOOK_CHAT_ID is Telegram's chat_id, sent only when set.
+    ALERT_WEBHOOK_URL: SecretStr | None = None
+    ALERT_WEBHOOK_CHAT_ID: str | None = None
+    # Delivery counts as stalled when a due submission has waited this long to be tried.
+    ALERT_STALL_MINUTES: float = Field(default=15.0, gt=0)
+    ALERT_MAX_PER_HOUR: int = Field(default=20, ge=1)  # per channel; the excess is summarised
+
+    @field_validator("ALLOWED_ORIGINS", "TRUSTED_PROXIES", "ALERT_SMTP_TO", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if value is None:
@@ -175,6 +193,44 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @field_validator("ALERT_BITRIX_USER_IDS", mode="before")
+    @classmethod
+    def _split_user_ids(cls, value: object) -> object:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            if not all(item.isdigit() and int(item) > 0 for item in items):
+                raise ValueError("must be a comma list of portal user ids, like 1,7")
+            return tuple(int(item) for item in items)
+        return value
+
+    @field_validator("ALERT_WEBHOOK_URL", mode="before")
+    @classmethod
+    def _check_alert_webhook(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        # The messages never repeat the URL: it holds a token.
+        if not isinstance(raw, str):
+            raise ValueError("must be an https:// URL")
+        parts = urlsplit(raw.strip())
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an https:// URL")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError("plain http is refused except on loopback; use https://")
+        return raw.strip()
+
+    @model_validator(mode="after")
+    def _check_alert_smtp(self) -> Settings:
+        if self.ALERT_SMTP_HOST is not None and (
+            not self.ALERT_SMTP_FROM or not self.ALERT_SMTP_TO
+        ):
+            raise ValueError("ALERT_SMTP_FROM and ALERT_SMTP_TO are required with ALERT_SMTP_HOST")
+        if self.ALERT_SMTP_PASSWORD is not None and self.ALERT_SMTP_USER is None:
+            raise ValueError("ALERT_SMTP_USER is required with ALERT_SMTP_PASSWORD")
+        return self
 
     @field_validator("ALLOWED_ORIGINS")
     @classmethod

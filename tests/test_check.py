@@ -375,3 +375,17 @@ def test_check_fails_an_unreachable_database_in_plain_words(
     assert code == 1
     assert "[FAIL] database: cannot use PostgreSQL" in output and "connection refused" in output
     assert "s3cr3t" not in output
+
+
+def test_alerts_to_portal_users_need_the_im_scope_and_check_says_so(
+    custom_fields: Portal, check: Check, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALERT_BITRIX_USER_IDS", "1,7")
+    code, out = check(webhook=custom_fields.webhook_url)
+    assert code == 1
+    [alerts] = lines_with(out, "alerts:")
+    assert alerts.startswith("[FAIL]") and "needs the webhook's `im` scope" in alerts
+    custom_fields.control("config", {"scopes": ["crm", "user", "im", "basic"]})
+    code, out = check(webhook=custom_fields.webhook_url)
+    [alerts] = lines_with(out, "alerts:")
+    assert alerts == "[ok]   alerts: the webhook may notify users 1, 7 (im granted)"

@@ -162,3 +162,23 @@ async def test_release_backlog_frees_only_what_waited_for_the_portal(store: Stor
     assert released == 1
     due = {s.id for s in await store.claim_due(now=T0, limit=10, lease=LEASE)}
     assert due == {"down"}  # "leased" is still held by its worker
+
+
+async def test_oldest_due_is_since_when_the_longest_waiting_due_submission_could_be_claimed(
+    store: Store,
+) -> None:
+    assert await store.oldest_due(now=T0) is None
+    await store.enqueue(new("a"), now=T0)
+    await store.enqueue(new("b"), now=T0 + timedelta(seconds=10))
+    assert await store.oldest_due(now=T0 + timedelta(seconds=60)) == T0
+    claimed = await store.claim_due(now=T0 + timedelta(seconds=60), limit=2, lease=LEASE)
+    assert [s.id for s in claimed] == ["a", "b"]
+    retry = AttemptRecord(1, T0, T0, "retry", "QUERY_LIMIT_EXCEEDED")
+    await store.record_outcomes(
+        [Outcome("b", retry, next_attempt_at=T0 + timedelta(seconds=200))],
+        now=T0 + timedelta(seconds=61),
+    )
+    # Leased or waiting for its retry time: not due, whatever its age.
+    assert await store.oldest_due(now=T0 + timedelta(seconds=80)) is None
+    # A lease that ran out (a worker that never answered): due since the lease ended.
+    assert await store.oldest_due(now=T0 + timedelta(seconds=250)) == T0 + timedelta(seconds=90)

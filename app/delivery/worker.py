@@ -165,8 +165,14 @@ class Worker:
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        on_failed: Callable[[Sequence[tuple[Submission, Outcome]]], None] | None = None,
     ) -> None:
         self.metrics = metrics
+        # Told, once a pass's outcomes are committed, which submissions failed for good (as
+        # claimed, each with its outcome). It must return at once: alerts are sent elsewhere,
+        # so that telling people never holds up delivery.
+        self.on_failed = on_failed
+        self.leading = False  # this process's worker is the one that delivers
         self.store = store
         self.client = client
         self.config = config or WorkerConfig()
@@ -211,12 +217,13 @@ class Worker:
                             self.client.assume_bucket_full()
                             await self._release_backlog()
                         standing_by, leading = False, True
+                        self.leading = True
                         if self.breaker.open:
                             pause = await self._probe_if_due()
                         if not self.breaker.open:
                             handled = await self.run_once()
                     else:
-                        leading = False
+                        leading = self.leading = False
                         if not standing_by:
                             standing_by = True
                             log.info("worker.standing_by")
@@ -227,6 +234,7 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=pause)
         finally:
+            self.leading = False
             await leadership.release()
             log.info("worker.stopped")
 
@@ -351,7 +359,20 @@ class Worker:
         if self.metrics is not None:
             for outcome in outcomes:
                 self.metrics.deliveries.labels(result=outcome.attempt.outcome).inc()
+        self._report_failed(jobs, outcomes)
         return following
+
+    def _report_failed(self, jobs: Sequence[_Job], outcomes: Sequence[Outcome]) -> None:
+        failed = [
+            (job.submission, outcome)
+            for job, outcome in zip(jobs, outcomes, strict=True)
+            if outcome.attempt.outcome == "failed"
+        ]
+        if failed and self.on_failed is not None:
+            try:
+                self.on_failed(failed)
+            except Exception:  # a broken hook must not stop delivery
+                log.exception("worker.on_failed_error")
 
     def _take_ahead(self, job: _Job) -> None:
         """A submission whose look-ups travelled with the pass before: keep the answers when

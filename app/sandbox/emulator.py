@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
-from app.sandbox import crm, tracking, userfields
+from app.sandbox import crm, notify, tracking, userfields
 from app.sandbox.batch import commands_of, normalise_method, run_batch, split_command
 from app.sandbox.entities import BY_OWNER, ENTITY_TYPES, EntityType
 from app.sandbox.errors import (
@@ -389,6 +389,7 @@ class Emulator:
             "crm.tracking.trace.delete": _Method(
                 "crm", lambda p: tracking.trace_delete(self.store, p)
             ),
+            "im.notify.system.add": _Method("im", self._notify),
         }
         for entity in ENTITY_TYPES.values():
             prefix = f"crm.{entity.name}."
@@ -402,6 +403,14 @@ class Emulator:
                 "crm", partial(self._list_user_fields, entity)
             )
         return table
+
+    def _notify(self, params: Params) -> object:
+        return notify.system_add(
+            self.store.notifications,
+            params,
+            allocate_id=self.store.allocate_notification_id,
+            created_at=crm.iso(self._wall()),
+        )
 
     def _add(self, entity: EntityType, params: Params) -> object:
         return crm.add(

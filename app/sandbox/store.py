@@ -1,6 +1,6 @@
 """The emulator's data: CRM records per entity type, Sales Intelligence traces with their links,
-the custom fields made at run time, and the id counters. In memory only; callers hold the
-emulator's lock.
+the custom fields made at run time, the notifications sent to users, and the id counters. In
+memory only; callers hold the emulator's lock.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import copy
 from dataclasses import dataclass, field
 
 from app.sandbox.entities import BY_OWNER, ENTITY_TYPES, TRACE_IDS, Record
+from app.sandbox.notify import Notification
 from app.sandbox.userfields import UserField
 
 
@@ -44,6 +45,9 @@ class Store:
     traces: dict[int, Trace] = field(default_factory=dict)
     # The portal's custom fields, of the configuration and made by crm.<entity>.userfield.add.
     user_fields: list[UserField] = field(default_factory=list)
+    # im.notify.system.add: what the portal's users were told, oldest first.
+    notifications: list[Notification] = field(default_factory=list)
+    _next_notification_id: int = 1
     _next_user_field_id: int = 1
     _next_ids: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENTITY_TYPES, 1))
     _next_trace_id: int = 1
@@ -52,6 +56,11 @@ class Store:
     def allocate_id(self, entity: str) -> int:
         value = self._next_ids[entity]
         self._next_ids[entity] = value + 1
+        return value
+
+    def allocate_notification_id(self) -> int:
+        value = self._next_notification_id
+        self._next_notification_id += 1
         return value
 
     def allocate_user_field_id(self) -> int:
@@ -109,4 +118,5 @@ class Store:
                 name: [f.row() for f in self.user_fields if f.entity == name]
                 for name in ENTITY_TYPES
             },
+            "notifications": [n.snapshot() for n in self.notifications],
         }

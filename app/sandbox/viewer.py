@@ -1,6 +1,6 @@
 """The record viewer page: created CRM records per type, newest first, with their raw TRACE and
-linked traces, and the traces table. Server-rendered HTML, inline CSS, no script; every value
-is escaped (records hold visitors' input).
+linked traces, the traces table, and the notifications users were sent. Server-rendered HTML,
+inline CSS, no script; every value is escaped (records hold visitors' input).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def render_page(state: dict[str, object], *, base: str, webhook_path: str) -> st
     traces = state.get("traces")
     by_type = records if isinstance(records, dict) else {}
     trace_list = traces if isinstance(traces, list) else []
+    notifications = _dicts(state.get("notifications"))
     sections = [_records_section(name, _dicts(by_type.get(name))) for name in _TITLES]
     nav = " ".join(
         f'<a href="#{name}">{title} ({len(_dicts(by_type.get(name)))})</a>'
@@ -50,9 +51,11 @@ def render_page(state: dict[str, object], *, base: str, webhook_path: str) -> st
         "and everything is forgotten on restart.</p>"
         f'<p class="note">Webhook: <code>{escape(base + webhook_path)}</code> · '
         f'<a href="{escape(base)}/_control/state">state as JSON</a></p>'
-        f'<nav>{nav} <a href="#traces">Traces ({len(trace_list)})</a></nav>'
+        f'<nav>{nav} <a href="#traces">Traces ({len(trace_list)})</a> '
+        f'<a href="#notifications">Notifications ({len(notifications)})</a></nav>'
         + "".join(sections)
         + _traces_section(_dicts(trace_list))
+        + _notifications_section(notifications)
         + "</body></html>"
     )
 
@@ -101,6 +104,29 @@ def _traces_section(traces: list[dict[str, object]]) -> str:
         f"<td>{_raw(t.get('TRACE')) if t.get('TRACE') is not None else _empty('none')}</td>"
         "</tr>"
         for t in newest
+    )
+    return head + rows + "</table>"
+
+
+def _notifications_section(notifications: list[dict[str, object]]) -> str:
+    head = (
+        '<h2 id="notifications">Notifications</h2>'
+        '<p class="note">Sent with <code>im.notify.system.add</code> (the gateway\'s alerts).</p>'
+        "<table><colgroup><col style=width:4rem><col style=width:5rem>"
+        "<col style=width:12rem><col></colgroup>"
+        "<tr><th>ID</th><th>To user</th><th>Sent</th><th>Message</th></tr>"
+    )
+    if not notifications:
+        return head + '<tr><td colspan=4 class="empty">none yet</td></tr></table>'
+    newest = sorted(notifications, key=lambda n: _int(n.get("ID")), reverse=True)
+    rows = "".join(
+        "<tr>"
+        f"<td>{_text(n.get('ID'))}</td>"
+        f"<td>{_text(n.get('USER_ID'))}</td>"
+        f"<td>{_text(n.get('DATE_CREATE'))}</td>"
+        f"<td>{_raw(n.get('MESSAGE'))}</td>"
+        "</tr>"
+        for n in newest[:ROWS_PER_TYPE]
     )
     return head + rows + "</table>"
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -320,6 +320,32 @@ class Store:
                 await conn.execute(
                     select(func.min(submissions.c.created_at)).where(
                         submissions.c.status.in_([Status.ACCEPTED.value, Status.DELIVERING.value])
+                    )
+                )
+            ).scalar_one()
+        return UTCDateTime().process_result_value(oldest, self.engine.dialect)
+
+    async def oldest_due(self, *, now: datetime) -> datetime | None:
+        """Since when the longest-waiting due submission could have been claimed, if any is
+        due: its next attempt time, or the end of an expired lease when that is later. A time
+        long past means no worker takes due work (the portal is down, or no worker runs)."""
+        due_since = case(
+            (
+                and_(
+                    submissions.c.lease_until.is_not(None),
+                    submissions.c.lease_until > submissions.c.next_attempt_at,
+                ),
+                submissions.c.lease_until,
+            ),
+            else_=submissions.c.next_attempt_at,
+        )
+        async with self.engine.connect() as conn:
+            oldest = (
+                await conn.execute(
+                    select(func.min(due_since)).where(
+                        submissions.c.status.in_([Status.ACCEPTED.value, Status.DELIVERING.value]),
+                        submissions.c.next_attempt_at <= now,
+                        or_(submissions.c.lease_until.is_(None), submissions.c.lease_until <= now),
                     )
                 )
             ).scalar_one()
