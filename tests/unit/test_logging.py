@@ -15,8 +15,10 @@ def test_uvicorn_lines_carry_no_colour_codes_nor_uvicorn_only_keys(
     fmt: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging(fmt=fmt)
-    # A uvicorn.Config built by an earlier test may have disabled uvicorn's loggers.
-    logging.getLogger("uvicorn.error").disabled = False
+    # A uvicorn.Config built by an earlier test may have disabled or raised uvicorn's logger.
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.disabled = False
+    uvicorn_error.setLevel(logging.INFO)
     try:
         # What uvicorn logs when it starts: its message, and the same with ANSI colours.
         logging.getLogger("uvicorn.error").info(
