@@ -21,7 +21,7 @@ from app.store import NewSubmission, Status, Store, create_engine, migrate
 from tests.conftest import Gateway, Portal, wait_for
 
 MakeGateway = Callable[..., Awaitable[Gateway]]
-ADMIN = "admin-token-spam-evidence-1"
+ADMIN = "spam-review-admin-token-0123456789abcdef"
 MIB = 1024 * 1024
 
 
