@@ -319,17 +319,32 @@ async def post_orders(gateway: Gateway, count: int) -> list[str]:
     return ids
 
 
-async def test_contacts_of_many_deal_packages_are_matched_with_one_command_per_kind(
-    portal: Portal, make_gateway: MakeGateway, tmp_path: Path
-) -> None:
+async def drain_orders(
+    portal: Portal,
+    make_gateway: MakeGateway,
+    tmp_path: Path,
+    count: int,
+    *,
+    before_delivery: Callable[[], None] = lambda: None,
+    **settings: object,
+) -> list[str]:
+    """`count` orders queued by an API-only gateway, then delivered by one with `settings`."""
     forms = tmp_path / "forms.toml"
     forms.write_text(FORMS)
     api_only = await make_gateway(portal, FORMS_FILE=str(forms), WORKER=False)
-    ids = await post_orders(api_only, 12)
-    delivering = await make_gateway(portal, FORMS_FILE=str(forms))
+    ids = await post_orders(api_only, count)
+    before_delivery()
+    delivering = await make_gateway(portal, FORMS_FILE=str(forms), **settings)
     store = await delivering.store()
     for submission_id in ids:
-        await wait_for(lambda sid=submission_id: delivered(store, sid))
+        await wait_for(lambda sid=submission_id: delivered(store, sid), within=30)
+    return ids
+
+
+async def test_contacts_of_many_deal_packages_are_matched_with_one_command_per_kind(
+    portal: Portal, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    ids = await drain_orders(portal, make_gateway, tmp_path, 12)
     # Twelve phones in one findbycomm, twelve e-mails in another: nobody was known.
     assert len(commands_of(portal, "crm.duplicate.findbycomm")) == 2
     assert len(portal.records("contact")) == 12
@@ -349,14 +364,7 @@ async def test_a_contact_found_for_one_package_of_a_group_goes_to_that_package_o
         3: create_record(portal, "contact", PHONE=[{"VALUE": "+4917055500 03"}]),
         8: create_record(portal, "contact", EMAIL=[{"VALUE": "buyer8@example.com"}]),
     }
-    forms = tmp_path / "forms.toml"
-    forms.write_text(FORMS)
-    api_only = await make_gateway(portal, FORMS_FILE=str(forms), WORKER=False)
-    ids = await post_orders(api_only, 12)
-    delivering = await make_gateway(portal, FORMS_FILE=str(forms))
-    store = await delivering.store()
-    for submission_id in ids:
-        await wait_for(lambda sid=submission_id: delivered(store, sid))
+    ids = await drain_orders(portal, make_gateway, tmp_path, 12)
     assert len(portal.records("contact")) == 2 + 10  # the two reused, ten new
     for n, submission_id in enumerate(ids):
         [deal] = by_origin(portal, "deal", submission_id)
@@ -377,15 +385,8 @@ def batches(portal: Portal) -> list[list[str]]:
 async def test_the_next_pass_looks_up_in_the_room_this_pass_leaves_in_its_creates(
     portal: Portal, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
-    forms = tmp_path / "forms.toml"
-    forms.write_text(FORMS)
-    api_only = await make_gateway(portal, FORMS_FILE=str(forms), WORKER=False)
-    ids = await post_orders(api_only, 27)
     # Nine packages a pass: 45 chain commands, room for the next nine's two findbycomm.
-    delivering = await make_gateway(portal, FORMS_FILE=str(forms), WORKER_BATCH_SIZE=9)
-    store = await delivering.store()
-    for submission_id in ids:
-        await wait_for(lambda sid=submission_id: delivered(store, sid))
+    ids = await drain_orders(portal, make_gateway, tmp_path, 27, WORKER_BATCH_SIZE=9)
     sent = batches(portal)
     assert len(sent) == 1 + 3  # one request of look-ups, then three of creates
     assert sent[0] == ["crm.duplicate.findbycomm"] * 2
@@ -404,14 +405,7 @@ async def test_look_ups_asked_ahead_find_a_contact_for_their_own_pass(
     portal: Portal, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
     existing = create_record(portal, "contact", PHONE=[{"VALUE": "+49 170 5550012"}])
-    forms = tmp_path / "forms.toml"
-    forms.write_text(FORMS)
-    api_only = await make_gateway(portal, FORMS_FILE=str(forms), WORKER=False)
-    ids = await post_orders(api_only, 18)
-    delivering = await make_gateway(portal, FORMS_FILE=str(forms), WORKER_BATCH_SIZE=9)
-    store = await delivering.store()
-    for submission_id in ids:
-        await wait_for(lambda sid=submission_id: delivered(store, sid))
+    ids = await drain_orders(portal, make_gateway, tmp_path, 18, WORKER_BATCH_SIZE=9)
     assert len(portal.records("contact")) == 1 + 17
     for n, submission_id in enumerate(ids):
         [deal] = by_origin(portal, "deal", submission_id)
@@ -426,18 +420,17 @@ async def test_look_ups_a_halted_chain_request_left_unasked_are_asked_in_their_o
     portal: Portal, make_gateway: MakeGateway, tmp_path: Path
 ) -> None:
     existing = create_record(portal, "contact", EMAIL=[{"VALUE": "buyer14@example.com"}])
-    forms = tmp_path / "forms.toml"
-    forms.write_text(FORMS)
-    api_only = await make_gateway(portal, FORMS_FILE=str(forms), WORKER=False)
-    ids = await post_orders(api_only, 18)
     # The first pass's last create fails: halt=1 stops the batch before the next pass's
     # look-ups, which must not be read as "nobody found".
     failure = {"count": 1, "status": 400, "error": "ERROR_CORE", "description": "x"}
-    portal.faults(fail_methods={"crm.tracking.trace.add": failure})
-    delivering = await make_gateway(portal, FORMS_FILE=str(forms), WORKER_BATCH_SIZE=9)
-    store = await delivering.store()
-    for submission_id in ids:
-        await wait_for(lambda sid=submission_id: delivered(store, sid), within=30)
+    ids = await drain_orders(
+        portal,
+        make_gateway,
+        tmp_path,
+        18,
+        before_delivery=lambda: portal.faults(fail_methods={"crm.tracking.trace.add": failure}),
+        WORKER_BATCH_SIZE=9,
+    )
     for n, submission_id in enumerate(ids):
         [deal] = by_origin(portal, "deal", submission_id)
         if n == 14:
