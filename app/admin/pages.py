@@ -91,6 +91,10 @@ def _when(value: object, tz: tzinfo) -> str:
     return datetime.fromisoformat(value).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _href(submission_id: str) -> str:
+    return "/admin/s/" + quote(submission_id, safe="")
+
+
 def _tz_name(tz: tzinfo) -> str:
     return _e(getattr(tz, "key", None) or tz.tzname(None) or "UTC")
 
@@ -247,7 +251,7 @@ def _table(items: Sequence[Mapping[str, object]], tz: tzinfo, *, spam: bool) -> 
         if status == Status.DELIVERED.value:
             problem = None
         rows.append(
-            f'<tr class="{_e(status)}"><td><a href="/admin/s/{quote(sid)}">{_e(sid)}</a></td>'
+            f'<tr class="{_e(status)}"><td><a href="{_href(sid)}">{_e(sid)}</a></td>'
             f"<td>{_e(status)}</td><td>{_e(item['form_id'])}</td>"
             f"<td>{_when(item['created_at'], tz)}</td><td>{_e(item['attempts'])}</td>"
             f"<td>{_e(problem or '')}</td>"
@@ -344,7 +348,7 @@ def _retry_notice(value: str | None) -> str:
 def _retry_button(submission_id: str, status: str) -> str:
     if status != Status.FAILED.value:
         return ""
-    return f"""<form method="post" action="/admin/s/{quote(submission_id)}/retry" id="retry">
+    return f"""<form method="post" action="{_href(submission_id)}/retry" id="retry">
 <button type="submit">Retry</button></form>"""
 
 
@@ -381,7 +385,7 @@ async def retry_one(ctx: ContextDep, request: Request, submission_id: str) -> Re
     if outcome.result == "not_found":
         return _page("Not found", "<h1>No such submission</h1>", status=404)
     result = "requeued" if outcome.result == "requeued" else "not-failed"
-    return RedirectResponse(f"/admin/s/{quote(submission_id)}?retry={result}", status_code=303)
+    return RedirectResponse(f"{_href(submission_id)}?retry={result}", status_code=303)
 
 
 @router.post("/retry-failed", include_in_schema=False)
