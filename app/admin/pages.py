@@ -41,7 +41,7 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
 table{border-collapse:collapse}td,th{padding:.25rem .6rem;border-bottom:1px solid #ddd;
 text-align:left;vertical-align:top}pre{background:#f4f4f4;padding:.5rem;white-space:pre-wrap;
 max-width:70rem}.failed{color:#b00020}.spam{color:#8a6d00}.note{background:#fff7d6;
-padding:.5rem .8rem;max-width:60rem}nav a,form.inline{margin-right:1rem}form.inline{display:inline}
+padding:.5rem .8rem;max-width:60rem}nav a{margin-right:1rem}#retry-all,#retry{margin:.5rem 0}
 .counts a{margin-right:1rem}"""
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_browser_or_bearer)])
@@ -120,8 +120,8 @@ def spam_advice(reason: object) -> str:
 NO_RELEASE = (
     "Spam is kept only as evidence (form, reason, time, client key, content hash): the posted "
     "fields are not stored, by design, so a spam submission cannot be released to delivery. "
-    "If real visitors are caught, change what caught them (below) and ask them to send the "
-    "form again."
+    "If real visitors are caught, change what caught them (each reason says what) and ask "
+    "them to send the form again."
 )
 
 
@@ -236,7 +236,7 @@ def _filter_form(filters: Mapping[str, str]) -> str:
 def _retry_all(failed: int) -> str:
     if not failed:
         return ""
-    return f"""<form method="post" action="/admin/retry-failed" class="inline" id="retry-all">
+    return f"""<form method="post" action="/admin/retry-failed" id="retry-all">
 <button type="submit">Retry all {failed} failed</button></form>"""
 
 
