@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import uvicorn
@@ -241,6 +242,7 @@ def admin_context(settings: Settings, store: Store) -> admin.AdminContext:
         token=settings.ADMIN_TOKEN,
         preview=functools.partial(preview, identity=worker_config(settings).identity),
         failures=FailedLogins(ClientResolver(settings.TRUSTED_PROXIES)),
+        timezone=ZoneInfo(settings.ADMIN_TIMEZONE),
     )
 
 

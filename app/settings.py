@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     Field,
@@ -92,6 +93,8 @@ class Settings(BaseSettings):
     DATABASE_URL: str = DEFAULT_DATABASE_URL
     FORMS_FILE: Path | None = None
     ADMIN_TOKEN: SecretStr | None = None
+    # The time zone the operator pages (/admin) show times in and read date filters in.
+    ADMIN_TIMEZONE: str = "UTC"
     ALLOWED_ORIGINS: Annotated[tuple[str, ...], NoDecode] = ()
     WORKER: bool = True
     RATE_LIMIT_PER_IP: str = "30/minute"
@@ -276,6 +279,17 @@ class Settings(BaseSettings):
                 + NEW_TOKEN_COMMAND
             )
         return value
+
+    @field_validator("ADMIN_TIMEZONE")
+    @classmethod
+    def _check_admin_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as UTC or Europe/Moscow"
+            ) from None
+        return value.strip()
 
     @model_validator(mode="after")
     def _check_sandbox(self) -> Settings:

@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from app.pages import SAMPLE_TRACE
+from app.store import Store
 from tests.conftest import Gateway, Portal, wait_for
 from tests.servers import RunningServer
 
@@ -607,3 +608,49 @@ async def test_the_sandbox_demo_page_sends_its_sample_trace_through_embed_js(
     [lead] = await wait_for(sandbox_leads)
     assert lead["TRACE"] == SAMPLE_TRACE
     assert lead["NAME"] == "Ann Example"
+
+
+# --------------------------------------------------------------------------- the operator's page
+
+OPERATOR_TOKEN = "browser-operator-token-0123456789abcdef"
+
+
+async def test_an_operator_finds_a_failed_submission_and_retries_it_from_the_page(
+    browser: WebDriver, portal: Portal, make_gateway: MakeGateway
+) -> None:
+    gateway = await make_gateway(portal, ADMIN_TOKEN=OPERATOR_TOKEN)
+    store = await gateway.store()
+    portal.control("config", {"required_fields": {"lead": ["COMMENTS"]}})
+    try:
+        async with gateway.client() as client:
+            posted = await client.post(
+                "/forms/contact", data={"name": "<b>Ann</b>", "phone": "+49 170 1234567"}
+            )
+        sid = posted.json()["id"]
+        await wait_for(lambda: _is(store, sid, "failed"))
+    finally:
+        portal.control("config", {"required_fields": {}})
+
+    # The browser signs in with the token as the Basic password, as an operator's would.
+    browser.get(gateway.url.replace("http://", f"http://operator:{OPERATOR_TOKEN}@") + "/admin")
+    browser.find_element(By.LINK_TEXT, "failed 1").click()
+    until(browser, lambda d: d.current_url.endswith("/admin?status=failed"))
+    browser.find_element(By.CSS_SELECTOR, f'#submissions a[href="/admin/s/{sid}"]').click()
+    until(browser, lambda d: d.find_element(By.ID, "status").text == "failed")
+    assert '"<b>Ann</b>"' in browser.find_element(By.ID, "fields").text  # text, not markup
+    assert "COMMENTS" in browser.find_element(By.ID, "attempts").text  # the portal's answer
+
+    browser.find_element(By.CSS_SELECTOR, "#retry button").click()
+    until(browser, lambda d: d.current_url.endswith(f"/admin/s/{sid}?retry=requeued"))
+    assert "Requeued" in browser.find_element(By.ID, "notice").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#retry button") == []
+    [lead] = await leads(portal)
+    assert lead["NAME"] == "<b>Ann</b>"
+    await wait_for(lambda: _is(store, sid, "delivered"))
+    browser.refresh()
+    assert browser.find_element(By.ID, "status").text == "delivered"
+
+
+async def _is(store: Store, sid: str, status: str) -> bool:
+    row = await store.get(sid)
+    return row is not None and row.status.value == status

@@ -28,10 +28,16 @@ router = APIRouter()
 
 
 async def dashboard_html(
-    store: Store, *, now: datetime, title: str, portal: Mapping[str, object] | None = None
+    store: Store,
+    *,
+    now: datetime,
+    title: str,
+    portal: Mapping[str, object] | None = None,
+    links: bool = False,
 ) -> str:
     """The page: the chart of the last hours, the counts by status, and (from a process that
-    delivers) whether the portal is reachable: the breaker's state."""
+    delivers) whether the portal is reachable: the breaker's state. With `links`, the numbers
+    lead to the operator's list at /admin, filtered to them."""
     end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     buckets = await store.activity(
         since=end - timedelta(hours=HOURS), until=end, bucket=timedelta(hours=1)
@@ -44,17 +50,31 @@ async def dashboard_html(
         failed=counts[Status.FAILED],
         title=f"Submissions per hour, last {HOURS} hours",
     )
-    rows = "".join(f"<tr><td>{s.value}</td><td>{counts[s]}</td></tr>" for s in Status)
+    rows = "".join(
+        f"<tr><td>{s.value}</td><td>{_count(s, counts[s], links=links)}</td></tr>" for s in Status
+    )
+    failed = counts[Status.FAILED]
+    shortcut = (
+        f'<p><a href="/admin?status=failed" id="failed-link">failed {failed}</a> · '
+        f'<a href="/admin?status=delivering">waiting for a retry</a> · '
+        f'<a href="/admin">all submissions</a></p>'
+        if links
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta http-equiv="refresh" content="60">
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}
 td{{padding:.2rem .8rem}}</style></head><body>
 <h1>{title}</h1>{svg}
-{_portal_line(portal)}
+{shortcut}{_portal_line(portal)}
 <table><tr><th>status</th><th>submissions</th></tr>{rows}</table>
 <p><small>Updated {now:%Y-%m-%d %H:%M} UTC; refreshes every minute.</small></p>
 </body></html>"""
+
+
+def _count(status: Status, count: int, *, links: bool) -> str:
+    return f'<a href="/admin?status={status.value}">{count}</a>' if links else str(count)
 
 
 def _portal_line(portal: Mapping[str, object] | None) -> str:
@@ -108,6 +128,10 @@ def require_browser_or_bearer(
 )
 async def dashboard(ctx: Annotated[AdminContext, Depends(_context)]) -> HTMLResponse:
     page = await dashboard_html(
-        ctx.store, now=datetime.now(UTC), title="b24-form-gateway", portal=ctx.portal_state()
+        ctx.store,
+        now=datetime.now(UTC),
+        title="b24-form-gateway",
+        portal=ctx.portal_state(),
+        links=True,
     )
     return HTMLResponse(page)

@@ -36,10 +36,12 @@ def install(app: FastAPI, context: AdminContext) -> None:
     Out of the public OpenAPI document: it would show strangers what the token opens.
     """
     from app.admin.dashboard import router as dashboard_router  # it builds on this module
+    from app.admin.pages import router as pages_router  # and so does this one
 
     app.state.admin = context
     app.include_router(router, include_in_schema=False)
     app.include_router(dashboard_router, include_in_schema=False)
+    app.include_router(pages_router, include_in_schema=False)
 
     # Its own handler: the app's HTTPException handler would drop WWW-Authenticate.
     async def _admin_error(_: Request, exc: Exception) -> Response:

@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Literal, TypedDict
 
 from pydantic import SecretStr
@@ -42,6 +42,7 @@ class AdminContext:
     worker after a retry by hand, and `portal_state` gives the worker's portal breaker state
     (both set by the lifespan once the worker exists; None when this process delivers nothing).
     `failures` counts wrong tokens per client (main.py gives it the TRUSTED_PROXIES resolver).
+    `timezone` is the one the operator pages show times in (ADMIN_TIMEZONE).
     """
 
     store: Store
@@ -51,6 +52,7 @@ class AdminContext:
     on_requeued: Callable[[], None] = lambda: None
     portal_state: Callable[[], Mapping[str, object] | None] = lambda: None
     failures: FailedLogins = field(default_factory=lambda: FailedLogins(ClientResolver(())))
+    timezone: tzinfo = UTC
 
 
 class Listing(TypedDict):

@@ -494,7 +494,15 @@ class Store:
         if outcome.trace_problem is not None:
             values["trace_problem"] = outcome.trace_problem
         if outcome.attempt.outcome == "delivered":
-            values.update(status=Status.DELIVERED.value, outcome_unknown=False, delivered_at=now)
+            # The errors of earlier attempts are history (kept per attempt); on the row they
+            # would read as the reason of a problem that no longer exists.
+            values.update(
+                status=Status.DELIVERED.value,
+                outcome_unknown=False,
+                delivered_at=now,
+                last_error=None,
+                last_error_code=None,
+            )
         else:
             values.update(
                 status=(
