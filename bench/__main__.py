@@ -51,7 +51,8 @@ def main() -> None:
     )
     print(side_by_side(results))
     print("== ratios")
-    print(f"ingest gateway/bare requests/s: {results['ingest']['ratio_rps']} (goal >= 0.5)")
+    valid = "" if results["ingest"]["valid"] else " (INVALID: some posts were refused)"
+    print(f"ingest gateway/bare requests/s: {results['ingest']['ratio_rps']} (goal >= 0.5){valid}")
     print(f"ingest peak RSS MB: {results['ingest']['gateway_peak_rss_mb']} (goal < 150)")
     print(f"front door on/off requests/s: {results['front_door']['ratio_rps_on_vs_off']}")
     bounded = results["limiter"]["bounded"]

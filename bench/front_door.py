@@ -37,6 +37,7 @@ def run(rounds: int, seconds: int, connections: int) -> dict[str, object]:
                 "WORKER": "false",
                 "LOG_LEVEL": "WARNING",
                 "DATABASE_URL": f"sqlite+aiosqlite:///{workdir / f'{name}-{n}.db'}",
+                "STORAGE_MAX_SUBMISSIONS_PER_FORM_HOUR": "1000000000",  # as in bench.ingest
                 **settings,
             }
             proc, url = start("app.main:app", env, workdir)
