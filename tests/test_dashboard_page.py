@@ -6,6 +6,7 @@ import base64
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from app.chart import activity_svg
 from app.store import Status
@@ -93,8 +94,13 @@ async def test_the_page_draws_a_seeded_history_hour_by_hour(tmp_path: object) ->
                 outcome = Outcome(sid, AttemptRecord(1, at, done, "delivered"), {"lead": i + 1})
                 await store.record_outcomes([outcome], now=done)
     page = await dashboard_html(store, now=now, title="t")
+    # The operator's time zone (ADMIN_TIMEZONE): the same hours, labelled in Moscow time.
+    moscow = await dashboard_html(store, now=now, title="t", tz=ZoneInfo("Europe/Moscow"))
     await engine.dispose()
     assert "received 4</title>" in page and "delivered 4</title>" in page
     assert "09:00 received 4</title>" in page and "09:00 delivered 4</title>" in page
     assert "11:00 received 2</title>" in page and "11:00 delivered 0</title>" in page
     assert "backlog 2 · failed 0" in page
+    assert "Updated 2026-11-01 12:30 UTC" in page
+    assert "12:00 received 4</title>" in moscow and "14:00 received 2</title>" in moscow
+    assert "Updated 2026-11-01 15:30 Europe/Moscow" in moscow

@@ -12,7 +12,7 @@ import binascii
 import hmac
 import html
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -34,10 +34,12 @@ async def dashboard_html(
     title: str,
     portal: Mapping[str, object] | None = None,
     links: bool = False,
+    tz: tzinfo = UTC,
 ) -> str:
     """The page: the chart of the last hours, the counts by status, and (from a process that
     delivers) whether the portal is reachable: the breaker's state. With `links`, the numbers
-    lead to the operator's list at /admin, filtered to them."""
+    lead to the operator's list at /admin, filtered to them. Times are shown in `tz`
+    (ADMIN_TIMEZONE on the admin dashboard)."""
     end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     buckets = await store.activity(
         since=end - timedelta(hours=HOURS), until=end, bucket=timedelta(hours=1)
@@ -45,7 +47,7 @@ async def dashboard_html(
     counts = await store.count_by_status()
     backlog = counts[Status.ACCEPTED] + counts[Status.DELIVERING]
     svg = activity_svg(
-        buckets,
+        [(start.astimezone(tz), received, delivered) for start, received, delivered in buckets],
         backlog=backlog,
         failed=counts[Status.FAILED],
         title=f"Submissions per hour, last {HOURS} hours",
@@ -61,15 +63,16 @@ async def dashboard_html(
         if links
         else ""
     )
+    updated = f"{now.astimezone(tz):%Y-%m-%d %H:%M} {_zone(tz)}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta http-equiv="refresh" content="60">
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}
 td{{padding:.2rem .8rem}}</style></head><body>
 <h1>{title}</h1>{svg}
-{shortcut}{_portal_line(portal)}
+{shortcut}{_portal_line(portal, tz)}
 <table><tr><th>status</th><th>submissions</th></tr>{rows}</table>
-<p><small>Updated {now:%Y-%m-%d %H:%M} UTC; refreshes every minute.</small></p>
+<p><small>Updated {updated}; refreshes every minute.</small></p>
 </body></html>"""
 
 
@@ -77,16 +80,25 @@ def _count(status: Status, count: int, *, links: bool) -> str:
     return f'<a href="/admin?status={status.value}">{count}</a>' if links else str(count)
 
 
-def _portal_line(portal: Mapping[str, object] | None) -> str:
+def _zone(tz: tzinfo) -> str:
+    return html.escape(str(getattr(tz, "key", None) or tz))
+
+
+def _portal_line(portal: Mapping[str, object] | None, tz: tzinfo) -> str:
     if portal is None:
         return ""
     if portal.get("state") != "open":
         return '<p id="portal">Portal: <strong>reachable</strong>.</p>'
-    since = html.escape(str(portal.get("since", ""))[:19].replace("T", " "))
+    raw = str(portal.get("since", ""))
+    try:
+        moment = datetime.fromisoformat(raw).astimezone(tz)
+        since = f"{moment:%Y-%m-%d %H:%M:%S} {_zone(tz)}"
+    except ValueError:
+        since = html.escape(raw[:19].replace("T", " ")) + " UTC"
     error = html.escape(str(portal.get("last_error") or "?"))
     return (
         '<p id="portal" style="color:#b00020">Portal: <strong>down</strong> since '
-        f"{since} UTC ({error}); deliveries wait, the worker probes it and resumes at once "
+        f"{since} ({error}); deliveries wait, the worker probes it and resumes at once "
         "when it answers.</p>"
     )
 
@@ -133,5 +145,6 @@ async def dashboard(ctx: Annotated[AdminContext, Depends(_context)]) -> HTMLResp
         title="b24-form-gateway",
         portal=ctx.portal_state(),
         links=True,
+        tz=ctx.timezone,
     )
     return HTMLResponse(page)
