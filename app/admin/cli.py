@@ -10,13 +10,12 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.admin import service
 from app.admin.service import MAX_LIMIT, AdminContext
-from app.store import DatabaseUnavailable, Status, database_problem
+from app.store import DatabaseUnavailable, Status, database_problem, missing_sqlite_file
 
 Connect = Callable[[], AdminContext]
 Handler = Callable[[AdminContext, argparse.Namespace], Awaitable[int]]
@@ -80,12 +79,9 @@ def _run(handler: Handler, connect: Connect, args: argparse.Namespace) -> int:
 def _missing_database(ctx: AdminContext) -> str | None:
     """A SQLite file that does not exist is a wrong DATABASE_URL, not an empty queue."""
     url = ctx.store.engine.url
-    database = url.database
-    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+    if not missing_sqlite_file(url.render_as_string(hide_password=False)):
         return None
-    if database.startswith("file:") or Path(database).expanduser().exists():
-        return None
-    return f"DATABASE_URL: no database at {database}; point it at the gateway's database"
+    return f"DATABASE_URL: no database at {url.database}; point it at the gateway's database"
 
 
 async def _guarded(handler: Handler, ctx: AdminContext, args: argparse.Namespace) -> int:

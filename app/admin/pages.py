@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.admin import service
 from app.admin.dashboard import require_browser_or_bearer
-from app.admin.routes import AdminError
+from app.admin.routes import AdminError, integer_param, status_param
 from app.admin.service import AdminContext
 from app.store import Status
 
@@ -137,26 +137,6 @@ def _day(name: str, value: str | None) -> date | None:
         raise AdminError(422, f"{name}: not a date (YYYY-MM-DD)") from None
 
 
-def _status(value: str | None) -> Status | None:
-    if not value:
-        return None
-    try:
-        return Status(value)
-    except ValueError:
-        choices = ", ".join(s.value for s in Status)
-        raise AdminError(422, f"status: must be one of {choices}") from None
-
-
-def _page_number(value: str | None) -> int:
-    try:
-        number = int(value or "1")
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise AdminError(422, "page: must be an integer 1 or more")
-    return number
-
-
 @router.get("/", include_in_schema=False)
 async def list_slash(request: Request) -> Response:
     query = request.url.query
@@ -166,11 +146,11 @@ async def list_slash(request: Request) -> Response:
 @router.get("", response_class=HTMLResponse, include_in_schema=False)
 async def list_page(ctx: ContextDep, request: Request) -> Response:
     params = request.query_params
-    status = _status(params.get("status"))
+    status = status_param(params.get("status"))
     form_id = (params.get("form") or "").strip() or None
     day_from = _day("from", params.get("from"))
     day_to = _day("to", params.get("to"))
-    number = _page_number(params.get("page"))
+    number = integer_param("page", params.get("page") or "1", low=1, high=None)
     tz = ctx.timezone
     # Days are the operator's days: midnight in ADMIN_TIMEZONE; `to` includes its whole day.
     since = datetime.combine(day_from, time(), tz) if day_from else None

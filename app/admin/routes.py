@@ -120,19 +120,20 @@ def _search_query(
     offset: Annotated[str, Query(description="0 or more")] = "0",
 ) -> SearchQuery:
     return SearchQuery(
-        status=_status(status),
+        status=status_param(status),
         form_id=form or None,
         since=_datetime("since", since),
         until=_datetime("until", until),
-        limit=_integer("limit", limit, low=1, high=MAX_LIMIT),
-        offset=_integer("offset", offset, low=0, high=None),
+        limit=integer_param("limit", limit, low=1, high=MAX_LIMIT),
+        offset=integer_param("offset", offset, low=0, high=None),
     )
 
 
 SearchDep = Annotated[SearchQuery, Depends(_search_query)]
 
 
-def _status(value: str | None) -> Status | None:
+def status_param(value: str | None) -> Status | None:
+    """A `status` query parameter (empty: any); 422 naming the choices."""
     if not value:
         return None
     try:
@@ -156,7 +157,8 @@ def _datetime(name: str, value: str | None) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
-def _integer(name: str, value: str, *, low: int, high: int | None) -> int:
+def integer_param(name: str, value: str, *, low: int, high: int | None) -> int:
+    """An integer query parameter within bounds; 422 naming them."""
     try:
         number = int(value)
     except ValueError:

@@ -5,6 +5,7 @@ from app.store.db import (
     create_engine,
     database_problem,
     migrate,
+    missing_sqlite_file,
     schema_state,
 )
 from app.store.leader import Leadership
@@ -33,5 +34,6 @@ __all__ = [
     "create_engine",
     "database_problem",
     "migrate",
+    "missing_sqlite_file",
     "schema_state",
 ]

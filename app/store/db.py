@@ -138,7 +138,7 @@ async def schema_state(url: str) -> str:
     gateway schema yet); DatabaseUnavailable when the database cannot be used. Changes nothing:
     an SQLite file that does not exist is "empty" and is not created."""
     parsed = make_url(url)
-    if _missing_sqlite_file(parsed.get_backend_name(), parsed.database):
+    if missing_sqlite_file(url):
         return "empty"
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     engine = create_async_engine(url, hide_parameters=True)
@@ -158,7 +158,10 @@ async def schema_state(url: str) -> str:
     return "current" if current == head else "behind"
 
 
-def _missing_sqlite_file(backend: str, database: str | None) -> bool:
-    if backend != "sqlite" or not database or database == ":memory:":
+def missing_sqlite_file(url: str) -> bool:
+    """Whether `url` names a SQLite file that does not exist (memory and URI databases do)."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return False
     return not database.startswith("file:") and not Path(database).expanduser().exists()
