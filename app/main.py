@@ -246,8 +246,11 @@ def admin_context(settings: Settings, store: Store) -> admin.AdminContext:
     )
 
 
-def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> FastAPI:
-    """The gateway as an ASGI app. Raises FormsError for a bad forms file."""
+def create_app(
+    settings: Settings, *, forms: dict[str, Form] | None = None, migrated: bool = False
+) -> FastAPI:
+    """The gateway as an ASGI app. Raises FormsError for a bad forms file. `migrated`: the
+    caller brought the schema up to date already (`serve`), so the start-up does not again."""
     forms = forms if forms is not None else load_forms(settings.FORMS_FILE)
     engine = create_engine(settings.DATABASE_URL)
     store = Store(engine)
@@ -274,7 +277,8 @@ def create_app(settings: Settings, *, forms: dict[str, Form] | None = None) -> F
             )
         else:
             log.info("portal.configured", extra={"portal_host": settings.webhook_host})
-        await migrate(engine)
+        if not migrated:
+            await migrate(engine)
         client = build_client(settings, emulator_app, metrics=metrics)
         worker = (
             Worker(store, client, worker_config(settings), metrics=metrics)
@@ -530,7 +534,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         # The database next, so an unusable one is one plain line, not a startup traceback.
         asyncio.run(_prepare_database(settings.DATABASE_URL))
-        gateway = create_app(settings)
+        gateway = create_app(settings, migrated=True)
         limits = connection_limits(settings)
         config = uvicorn.Config(
             gateway,
