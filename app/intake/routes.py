@@ -145,10 +145,14 @@ def error_response(
     content: dict[str, object] = {"error": message}
     if errors:
         content["errors"] = dict(errors)
-    if retry_after is None and status == 503:
-        retry_after = 5
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse(content, status_code=status, headers=headers)
+    return JSONResponse(content, status_code=status, headers=_retry_after(status, retry_after))
+
+
+def _retry_after(status: int, seconds: int | None) -> dict[str, str] | None:
+    """`Retry-After` when the refusal says when to come back; a 503 always does (5 s)."""
+    if seconds is None and status == 503:
+        seconds = 5
+    return {"Retry-After": str(seconds)} if seconds is not None else None
 
 
 # The request bodies, described for the OpenAPI document (clients, and the schemathesis run in
@@ -446,19 +450,16 @@ def _refused(
     up would let anyone put text of their choosing into the site's own error page. The
     built-in page shows the same names only.
     """
+    if page is None:
+        return error_response(status, message, errors, retry_after=retry_after)
     reason = ERROR_REASONS.get(status)
     known = own_field_names(form)
     own = {name: text for name, text in (errors or {}).items() if name in known}
-    if page is None:
-        return error_response(status, message, errors, retry_after=retry_after)
     if not (form.error_redirect_url and reason):
         body = error_page(
             language=form.language, overrides=form.texts, status=status, errors=own, back=page.back
         )
-        if retry_after is None and status == 503:
-            retry_after = 5
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        return HTMLResponse(body, status_code=status, headers=headers)
+        return HTMLResponse(body, status_code=status, headers=_retry_after(status, retry_after))
     params = {"error": reason}
     if named := sorted(own):
         params["fields"] = ",".join(named)
